@@ -1,0 +1,1 @@
+"""compatlab: a compatibility lab for kernel-touching updates."""

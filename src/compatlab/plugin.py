@@ -1,0 +1,1 @@
+"""compatlab pytest plugin."""
