@@ -1,0 +1,382 @@
+"""The lab's inventory: golden images, hardware profiles and coexisting security products.
+
+Each is one YAML file in its folder (``images/``, ``configs/hardware/``, ``configs/products/``),
+read once into a frozen dataclass. Paths inside a file are relative to that file. A credential is
+only ever a *reference* (an environment variable or a file), never a password in the YAML.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar, cast
+
+from compatlab._yaml import Node, load
+from compatlab.errors import CatalogError
+
+__all__ = [
+    "OS_FAMILIES",
+    "Catalog",
+    "Commands",
+    "Credentials",
+    "ExitCodes",
+    "GoldenImage",
+    "HardwareProfile",
+    "Health",
+    "Product",
+    "ProductPayload",
+    "Watchdog",
+    "load_catalog",
+]
+
+OsFamily = Literal["windows", "linux"]
+Firmware = Literal["bios", "uefi"]
+DiskBus = Literal["virtio", "sata", "nvme"]
+ChannelKind = Literal["winrm", "agent"]
+
+OS_FAMILIES: tuple[OsFamily, ...] = ("windows", "linux")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where a guest's login comes from. Resolved at the edge (the WinRM channel), not here."""
+
+    username: str
+    password_env: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class GoldenImage:
+    """A read-only base disk of one OS build; every cell boots a copy-on-write overlay of it."""
+
+    name: str
+    os_family: OsFamily
+    build: str
+    display_name: str
+    disk: Path
+    firmware: frozenset[Firmware]
+    channel: ChannelKind
+    source: Path
+    credentials: Credentials | None = None
+    # Direct kernel boot (the demo's Linux images); None for images that boot from their disk.
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    recipe: str | None = None
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    model: str = "i6300esb"
+    action: str = "reset"
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """The virtual machine a cell gets: the axis that stands in for the fleet's hardware."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    firmware: Firmware
+    secure_boot: bool
+    tpm: bool
+    disk_bus: DiskBus
+    machine: str
+    source: Path
+    watchdog: Watchdog | None = None
+
+
+@dataclass(frozen=True)
+class ExitCodes:
+    """What an installer's exit code means. Anything not listed is a failure."""
+
+    success: tuple[int, ...] = (0,)
+    reboot: tuple[int, ...] = ()
+
+    def meaning(self, code: int) -> Literal["success", "reboot", "failure"]:
+        if code in self.success:
+            return "success"
+        if code in self.reboot:
+            return "reboot"
+        return "failure"
+
+
+@dataclass(frozen=True)
+class Commands:
+    """Install and uninstall command lines; ``{payload}`` is where the payload is mounted."""
+
+    install: str
+    uninstall: str
+    exit_codes: ExitCodes = field(default_factory=ExitCodes)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What must hold after every boot for a product to count as healthy."""
+
+    services: tuple[str, ...] = ()
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class ProductPayload:
+    folder: Path
+    commands: Commands
+    health: Health
+
+
+@dataclass(frozen=True)
+class Product:
+    """A coexisting security product (AV, EDR, DLP...): the third axis of the matrix."""
+
+    name: str
+    vendor: str
+    payloads: Mapping[OsFamily, ProductPayload]
+    source: Path
+
+    def payload_for(self, os_family: OsFamily) -> ProductPayload | None:
+        return self.payloads.get(os_family)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    images: Mapping[str, GoldenImage]
+    hardware: Mapping[str, HardwareProfile]
+    products: Mapping[str, Product]
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _name(node: Node, what: str) -> str:
+    name = node.text(what)
+    if not _NAME.match(name):
+        raise node.error(
+            f"{what} '{name}' may only hold letters, digits, '.', '_' and '-'",
+            "names become VM names and cell ids",
+        )
+    return name
+
+
+def _path(node: Node, base: Path, what: str) -> Path:
+    path = Path(node.text(what))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _int_list(node: Node, what: str) -> tuple[int, ...]:
+    return tuple(item.integer(what) for item in node.items(what))
+
+
+def parse_exit_codes(node: Node) -> ExitCodes:
+    entries = node.mapping("exit_codes", optional=("success", "reboot"))
+    return ExitCodes(
+        success=_int_list(entries["success"], "success codes") if "success" in entries else (0,),
+        reboot=_int_list(entries["reboot"], "reboot codes") if "reboot" in entries else (),
+    )
+
+
+_MEMORY = re.compile(r"^\s*(\d+)\s*(MiB|GiB|M|G)?\s*$")
+
+
+def _memory_mib(node: Node) -> int:
+    if isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.integer("memory", minimum=64)
+    match = _MEMORY.match(node.text("memory"))
+    if not match:
+        raise node.error(f"memory '{node.value}' is not a size", "write e.g. 2048, 512MiB or 4GiB")
+    amount = int(match.group(1)) * (1024 if (match.group(2) or "M").startswith("G") else 1)
+    if amount < 64:
+        raise node.error(f"memory must be at least 64 MiB, not {amount} MiB")
+    return amount
+
+
+def parse_image(path: Path) -> GoldenImage:
+    root = load(path, CatalogError)
+    e = root.mapping(
+        "image",
+        required=("name", "os_family", "build", "disk", "firmware", "channel"),
+        optional=(
+            "display_name",
+            "credentials",
+            "kernel",
+            "initrd",
+            "cmdline",
+            "recipe",
+            "variant",
+        ),
+    )
+    base = path.parent
+    os_family = cast(OsFamily, e["os_family"].choice(OS_FAMILIES, "os_family"))
+    firmware_node = e["firmware"]
+    firmware_items = firmware_node.items("firmware") if firmware_node.is_list() else [firmware_node]
+    firmware = frozenset(
+        cast(Firmware, item.choice(("bios", "uefi"), "firmware")) for item in firmware_items
+    )
+    channel = cast(ChannelKind, e["channel"].choice(("winrm", "agent"), "channel"))
+    credentials = None
+    if "credentials" in e and not e["credentials"].is_null():
+        c = e["credentials"].mapping(
+            "credentials", required=("username",), optional=("password_env", "password_file")
+        )
+        if "password_env" not in c and "password_file" not in c:
+            raise e["credentials"].error(
+                "credentials need password_env or password_file",
+                "passwords are never written in the catalog",
+            )
+        credentials = Credentials(
+            username=c["username"].text("username"),
+            password_env=c["password_env"].text("password_env") if "password_env" in c else None,
+            password_file=_path(c["password_file"], base, "password_file")
+            if "password_file" in c
+            else None,
+        )
+    if channel == "winrm" and credentials is None:
+        raise root.error("a winrm image needs credentials (username and password_env or _file)")
+    kernel = _path(e["kernel"], base, "kernel") if "kernel" in e else None
+    initrd = _path(e["initrd"], base, "initrd") if "initrd" in e else None
+    if initrd is not None and kernel is None:
+        raise e["initrd"].error("an initrd needs a kernel")
+    return GoldenImage(
+        name=_name(e["name"], "image name"),
+        os_family=os_family,
+        build=e["build"].text("build"),
+        display_name=e["display_name"].text("display_name") if "display_name" in e else "",
+        disk=_path(e["disk"], base, "disk"),
+        firmware=firmware,
+        channel=channel,
+        source=path,
+        credentials=credentials,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=e["cmdline"].text("cmdline") if "cmdline" in e else None,
+        recipe=e["recipe"].text("recipe") if "recipe" in e else None,
+        variant=e["variant"].text("variant") if "variant" in e else None,
+    )
+
+
+def parse_hardware(path: Path) -> HardwareProfile:
+    root = load(path, CatalogError)
+    e = root.mapping(
+        "hardware profile",
+        required=("name", "vcpus", "memory", "firmware"),
+        optional=("secure_boot", "tpm", "disk_bus", "machine", "watchdog"),
+    )
+    firmware = cast(Firmware, e["firmware"].choice(("bios", "uefi"), "firmware"))
+    secure_boot = e["secure_boot"].flag("secure_boot") if "secure_boot" in e else False
+    if secure_boot and firmware != "uefi":
+        raise e["secure_boot"].error("secure_boot needs firmware: uefi")
+    watchdog = None
+    if "watchdog" in e and not e["watchdog"].is_null():
+        w = e["watchdog"].mapping("watchdog", optional=("model", "action"))
+        watchdog = Watchdog(
+            model=w["model"].choice(("i6300esb", "ib700", "itco"), "watchdog model")
+            if "model" in w
+            else "i6300esb",
+            action=w["action"].choice(
+                ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi"),
+                "watchdog action",
+            )
+            if "action" in w
+            else "reset",
+        )
+    return HardwareProfile(
+        name=_name(e["name"], "hardware name"),
+        vcpus=e["vcpus"].integer("vcpus", minimum=1),
+        memory_mib=_memory_mib(e["memory"]),
+        firmware=firmware,
+        secure_boot=secure_boot,
+        tpm=e["tpm"].flag("tpm") if "tpm" in e else False,
+        disk_bus=cast(DiskBus, e["disk_bus"].choice(("virtio", "sata", "nvme"), "disk_bus"))
+        if "disk_bus" in e
+        else "virtio",
+        machine=e["machine"].choice(("q35", "pc"), "machine") if "machine" in e else "q35",
+        source=path,
+        watchdog=watchdog,
+    )
+
+
+def parse_commands(entries: Mapping[str, Node]) -> Commands:
+    return Commands(
+        install=entries["install"].text("install"),
+        uninstall=entries["uninstall"].text("uninstall"),
+        exit_codes=parse_exit_codes(entries["exit_codes"])
+        if "exit_codes" in entries
+        else ExitCodes(),
+    )
+
+
+def parse_product(path: Path) -> Product:
+    root = load(path, CatalogError)
+    e = root.mapping("product", required=("name", "vendor"), optional=OS_FAMILIES)
+    base = path.parent
+    payloads: dict[OsFamily, ProductPayload] = {}
+    for family in OS_FAMILIES:
+        if family not in e:
+            continue
+        p = e[family].mapping(
+            f"{family} payload",
+            required=("payload", "install", "uninstall"),
+            optional=("exit_codes", "health"),
+        )
+        health = Health()
+        if "health" in p:
+            h = p["health"].mapping("health", optional=("services", "command"))
+            health = Health(
+                services=tuple(s.text("service") for s in h["services"].items("services"))
+                if "services" in h
+                else (),
+                command=h["command"].text("command") if "command" in h else None,
+            )
+        payloads[family] = ProductPayload(
+            folder=_path(p["payload"], base, "payload"),
+            commands=parse_commands(p),
+            health=health,
+        )
+    if not payloads:
+        raise root.error("a product needs a payload for at least one OS family (windows, linux)")
+    return Product(
+        name=_name(e["name"], "product name"),
+        vendor=e["vendor"].text("vendor"),
+        payloads=payloads,
+        source=path,
+    )
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> Path: ...
+
+
+_T = TypeVar("_T", bound=_Named)
+
+
+def _load_folder(folder: Path, parse: Callable[[Path], _T], what: str) -> dict[str, _T]:
+    if not folder.is_dir():
+        raise CatalogError(f"{what} folder does not exist", file=folder)
+    found: dict[str, _T] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        item = parse(path)
+        if item.name in found:
+            other = found[item.name].source
+            raise CatalogError(
+                f"{what} '{item.name}' is defined twice (also in {other})", file=path
+            )
+        found[item.name] = item
+    return found
+
+
+def load_catalog(images: Path, hardware: Path, products: Path) -> Catalog:
+    """Read every definition in the three folders. Files are read in name order."""
+    return Catalog(
+        images=_load_folder(images, parse_image, "image"),
+        hardware=_load_folder(hardware, parse_hardware, "hardware profile"),
+        products=_load_folder(products, parse_product, "product"),
+    )

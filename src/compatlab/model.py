@@ -1,0 +1,205 @@
+"""The lab's vocabulary for what happened: events, boots, bugchecks, verdicts, cell results.
+
+Pure data, shared by the lab (which records events), ``verdict`` (which judges them) and
+``report`` (which writes them out). Field names follow the results.json contract in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+__all__ = [
+    "Attribution",
+    "Boot",
+    "BootOutcome",
+    "Bugcheck",
+    "CellResult",
+    "CommandRecord",
+    "Event",
+    "Timeline",
+    "Verdict",
+]
+
+
+class Verdict(StrEnum):
+    """One per cell. Declared in order of precedence: the first that applies wins."""
+
+    CRASH = "crash"
+    BOOT_LOOP = "boot_loop"
+    HANG = "hang"
+    INSTALL_FAILED = "install_failed"
+    CHECK_FAILED = "check_failed"
+    ROLLBACK_FAILED = "rollback_failed"
+    INFRA_ERROR = "infra_error"
+    PASS = "pass"
+
+    @property
+    def precedence(self) -> int:
+        return list(Verdict).index(self)
+
+    @property
+    def is_failure(self) -> bool:
+        return self is not Verdict.PASS
+
+
+class Attribution(StrEnum):
+    """Who a failing cell's failure belongs to."""
+
+    CANDIDATE = "candidate"  # fails with the update, passes without it
+    BASELINE = "baseline"  # fails without the update too
+    INFRA = "infra"  # the lab failed
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing seen about a guest, stamped when it arrived.
+
+    ``t`` is seconds on the cell's monotonic clock (0 = cell start). ``source`` is where it was
+    seen: ``libvirt`` (event stream), ``qmp``, ``domain-log``, ``serial``, ``channel``,
+    ``scenario``. ``data`` carries structured extras (e.g. bugcheck parameters).
+    """
+
+    t: float
+    source: str
+    kind: str
+    detail: str = ""
+    data: Mapping[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "t": round(self.t, 3),
+            "source": self.source,
+            "kind": self.kind,
+            "detail": self.detail,
+        }
+        if self.data:
+            out["data"] = dict(self.data)
+        return out
+
+
+class Timeline:
+    """Append-only, thread-safe list of events for one cell (the event thread appends)."""
+
+    def __init__(self) -> None:
+        self._events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def append(self, event: Event) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def snapshot(self) -> list[Event]:
+        with self._lock:
+            return list(self._events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.snapshot())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+
+@dataclass(frozen=True)
+class Bugcheck:
+    """A crash code. Windows: stop code + 4 parameters. Linux: code 'panic', name = panic line."""
+
+    code: str
+    name: str
+    params: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {"code": self.code, "name": self.name, "params": list(self.params)}
+
+
+BootOutcome = Literal["completed", "crash", "reset", "hang", "watchdog"]
+
+
+@dataclass(frozen=True)
+class Boot:
+    """One boot attempt: how it ended and how long it took (seconds, monotonic)."""
+
+    n: int
+    outcome: BootOutcome
+    seconds: float
+    phase: str = ""  # "baseline", "candidate", "rollback"
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "n": self.n,
+            "outcome": self.outcome,
+            "seconds": round(self.seconds, 2),
+        }
+        if self.phase:
+            out["phase"] = self.phase
+        return out
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """A command run in the guest, kept as evidence."""
+
+    phase: str
+    command: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    meaning: str = ""  # "success", "reboot", "failure", or "" when not an installer
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "phase": self.phase,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "seconds": round(self.seconds, 2),
+            "meaning": self.meaning,
+        }
+
+
+@dataclass
+class CellResult:
+    """Everything the report needs about one cell. Serialised as a results.json cell."""
+
+    id: str
+    build: str
+    hardware: str
+    products: tuple[str, ...]
+    verdict: Verdict
+    attribution: Attribution | None = None
+    bugcheck: Bugcheck | None = None
+    boots: list[Boot] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    reason: str = ""  # one line of evidence: why this verdict
+    commands: list[CommandRecord] = field(default_factory=list)
+    checks: list[dict[str, object]] = field(default_factory=list)
+    matrix: str = ""
+    attempts: int = 1
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "matrix": self.matrix,
+            "build": self.build,
+            "hardware": self.hardware,
+            "products": list(self.products),
+            "verdict": self.verdict.value,
+            "attribution": self.attribution.value if self.attribution else None,
+            "bugcheck": self.bugcheck.as_json() if self.bugcheck else None,
+            "reason": self.reason,
+            "boots": [b.as_json() for b in self.boots],
+            "events": [e.as_json() for e in self.events],
+            "artifacts": dict(self.artifacts),
+            "commands": [c.as_json() for c in self.commands],
+            "checks": list(self.checks),
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 2),
+        }
