@@ -72,7 +72,8 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
     """Load, validate and expand one matrix file.
 
     ``catalog_root`` holds the ``images/`` and ``configs/`` used when the file has no ``catalog``
-    key (see :func:`compatlab.matrix.find_project_root`). ``catalogs`` caches catalogs shared by several matrix files.
+    key (see :func:`compatlab.matrix.find_project_root`). ``catalogs`` caches catalogs shared by
+    several matrix files.
     """
     root = load(path, MatrixError)
     top = root.mapping(
@@ -301,6 +302,28 @@ def _axis_values(node: Node, space: Space, key: str, catalog: Catalog) -> frozen
     return frozenset(indices)
 
 
+def _axis_in(space: Space, key: str, indices: frozenset[int]) -> AxisIn:
+    """A condition on axis ``key``, by index (for the generator) and by value (for includes)."""
+    axis = space.index(key)
+    values = space.axes[axis].values
+    by_value = frozenset(
+        frozenset(cast(tuple[str, ...], values[i])) if key == "products" else values[i]
+        for i in indices
+    )
+    return AxisIn(axis, indices, key, by_value)
+
+
+def _decoded(row: _Row) -> dict[str, object]:
+    cell: dict[str, object] = {
+        "build": row.build,
+        "hardware": row.hardware,
+        "products": frozenset(row.products),
+    }
+    for slot, value in (row.slots or {}).items():
+        cell[f"products.{slot}"] = value
+    return cell
+
+
 def _clause(node: Node, space: Space, catalog: Catalog, *, membership: bool, what: str) -> Clause:
     entry = node.mapping(what, optional=("build", "hardware", "products"))
     if not entry:
@@ -308,9 +331,7 @@ def _clause(node: Node, space: Space, catalog: Catalog, *, membership: bool, wha
     conditions: list[Condition] = []
     for key in ("build", "hardware"):
         if key in entry:
-            conditions.append(
-                AxisIn(space.index(key), _axis_values(entry[key], space, key, catalog))
-            )
+            conditions.append(_axis_in(space, key, _axis_values(entry[key], space, key, catalog)))
     if "products" in entry:
         conditions.extend(_products_conditions(entry["products"], space, catalog, membership))
     return Clause(tuple(conditions), node.line)
@@ -339,7 +360,7 @@ def _products_conditions(
             values = space.axes[axis].values
             if choice not in values:
                 raise value.error(f"'{choice or 'none'}' is not a choice of slot '{slot}'")
-            out.append(AxisIn(axis, frozenset({values.index(choice)})))
+            out.append(_axis_in(space, f"products.{slot}", frozenset({values.index(choice)})))
         return out
     names = _product_set(node, catalog)
     if membership:
@@ -352,7 +373,7 @@ def _products_conditions(
         for i, v in enumerate(space.axes[axis].values)
         if set(cast(tuple[str, ...], v)) == set(names)
     }
-    return [AxisIn(axis, frozenset(matching))]
+    return [_axis_in(space, "products", frozenset(matching))]
 
 
 def _constraint(node: Node, space: Space, catalog: Catalog) -> Constraint:
@@ -531,9 +552,9 @@ def _apply_include(
     else:
         products = _product_set(entry["products"], catalog)
     new = _Row(build, hardware, products, want_slots, dict(overrides), node)
-    combo = _row_for(space, build, hardware, products)
-    if combo is not None and not allowed(assignment := dict(enumerate(cast(list[int], combo)))):
-        broken = next(c for c in constraints if c.violated(assignment))
+    # Constraints are absolute, excludes are not (an include may bring an excluded cell back).
+    broken = next((c for c in constraints if c.broken_by(_decoded(new))), None)
+    if broken is not None:
         raise node.error(
             f"include entry adds a cell that breaks the constraint at line {broken.line}"
         )

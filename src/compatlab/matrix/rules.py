@@ -27,6 +27,9 @@ __all__ = [
 
 Assignment = Mapping[int, int]
 Tri = bool | None
+# A whole cell by value: "build", "hardware", "products" (a frozenset) and, with slots,
+# "products.<slot>" (a name or None). Used for cells that lie off the axes (includes).
+Decoded = Mapping[str, object]
 
 
 @dataclass(frozen=True)
@@ -80,15 +83,25 @@ class Condition:
     def evaluate(self, assignment: Assignment) -> Tri:
         raise NotImplementedError
 
+    def holds(self, cell: Decoded) -> bool:
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class AxisIn(Condition):
+    """The value on one axis is one of ``allowed`` (indices) / ``values`` (the same, by value)."""
+
     axis: int
     allowed: frozenset[int]
+    key: str = ""
+    values: frozenset[object] = frozenset()
 
     def evaluate(self, assignment: Assignment) -> Tri:
         value = assignment.get(self.axis)
         return None if value is None else value in self.allowed
+
+    def holds(self, cell: Decoded) -> bool:
+        return cell.get(self.key) in self.values
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,10 @@ class ProductsContain(Condition):
             if present is None:
                 result = None
         return result
+
+    def holds(self, cell: Decoded) -> bool:
+        products = cell.get("products")
+        return isinstance(products, frozenset) and self.names <= products
 
     def _present(self, name: str, assignment: Assignment) -> Tri:
         unknown = False
@@ -132,6 +149,9 @@ class Clause:
     conditions: tuple[Condition, ...]
     line: int = 0
 
+    def holds(self, cell: Decoded) -> bool:
+        return all(condition.holds(cell) for condition in self.conditions)
+
     def evaluate(self, assignment: Assignment) -> Tri:
         result: Tri = True
         for condition in self.conditions:
@@ -154,6 +174,14 @@ class Constraint:
     then: Clause | None
     then_not: Clause | None
     line: int = 0
+
+    def broken_by(self, cell: Decoded) -> bool:
+        """Whether a whole cell, given by value, breaks this rule."""
+        if not self.when.holds(cell):
+            return False
+        return (self.then is not None and not self.then.holds(cell)) or (
+            self.then_not is not None and self.then_not.holds(cell)
+        )
 
     def violated(self, assignment: Assignment) -> Tri:
         cond = self.when.evaluate(assignment)

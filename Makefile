@@ -1,0 +1,63 @@
+# compatlab: `make demo` and `make test` each set up what is missing, then run.
+# Set-up is idempotent and cheap when everything is there (dpkg and stamp checks).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+COMPATLAB := $(VENV)/bin/compatlab
+PYTHON ?= python3
+
+.PHONY: help setup system daemons venv images demo test test-fast lint bench gc
+
+help:
+	@echo "make demo       set up, build the demo images, run matrix/demo.yaml, print the report path"
+	@echo "make test       set up and run the whole test suite (real VMs included)"
+	@echo "make test-fast  unit tests only (no VMs), after 'make venv'"
+	@echo "make lint       ruff + mypy"
+	@echo "make bench      run the benchmarks, results in benchmarks/results/*.json"
+	@echo "make gc         remove what dead runs left behind (VMs, disks)"
+
+system:
+	@scripts/setup-system.sh
+
+daemons: system
+	@scripts/start-daemons.sh
+
+# The virtualenv is rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+setup: system daemons venv
+
+images: setup
+	@$(COMPATLAB) images build
+
+demo: images
+	@$(COMPATLAB) gc --quiet
+	@$(PYTEST) -p no:cacheprovider --matrix matrix/demo.yaml --matrix-report reports/demo-latest; \
+	  status=$$?; echo; echo "compatlab: report: $$(pwd)/reports/demo-latest/index.html"; \
+	  [ $$status -le 1 ] || exit $$status
+
+test: images
+	@$(PYTEST) tests
+
+test-fast: venv
+	@$(PYTEST) tests -m "not slow"
+
+lint: venv
+	@$(VENV)/bin/ruff check src tests benchmarks
+	@$(VENV)/bin/ruff format --check src tests benchmarks
+	@$(VENV)/bin/mypy
+
+bench: images
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+gc: setup
+	@$(COMPATLAB) gc

@@ -1,0 +1,94 @@
+"""The plugin end to end in a real pytest session (pytester): collection, -k, usage errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.catalogs import make_project, matrix
+
+pytest_plugins = ["pytester"]
+
+AXES = """
+axes:
+  build: [lin-a, lin-b]
+  hardware: [bios-1cpu, uefi-2cpu]
+  products: [[], [av], [av, edr]]
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> Path:
+    root = make_project(pytester.path)
+    matrix(root, AXES, name="demo.yaml")
+    matrix(root, AXES.replace("lin-a, lin-b", "lin-a"), name="small.yaml")
+    return root
+
+
+def test_collects_one_item_per_cell_with_contracted_ids(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    result = pytester.runpytest("--matrix", "matrix/demo.yaml", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(
+        [
+            "matrix/demo.yaml::lin-a/bios-1cpu/none",
+            "matrix/demo.yaml::lin-a/bios-1cpu/av",
+            "matrix/demo.yaml::lin-a/bios-1cpu/av+edr",
+            "matrix/demo.yaml::lin-b/uefi-2cpu/av+edr",
+            "12 tests collected*",
+        ]
+    )
+    assert result.ret == 0
+
+
+def test_k_selects_by_axis_value(pytester: pytest.Pytester, project: Path) -> None:
+    result = pytester.runpytest(
+        "--matrix", "matrix/demo.yaml", "--collect-only", "-q", "-k", "uefi-2cpu and edr"
+    )
+    result.stdout.fnmatch_lines(
+        ["matrix/demo.yaml::lin-a/uefi-2cpu/av+edr", "matrix/demo.yaml::lin-b/uefi-2cpu/av+edr",
+         "2/12 tests collected (10 deselected)*"]
+    )
+
+
+def test_several_matrix_files(pytester: pytest.Pytester, project: Path) -> None:
+    result = pytester.runpytest(
+        "--matrix", "matrix/demo.yaml", "--matrix", "matrix/small.yaml", "--collect-only", "-q"
+    )
+    result.stdout.fnmatch_lines(["matrix/small.yaml::lin-a/uefi-2cpu/av+edr", "18 tests*"])
+
+
+def test_matrix_run_does_not_collect_testpaths(pytester: pytest.Pytester, project: Path) -> None:
+    pytester.makepyfile(test_other="def test_x(): pass")
+    result = pytester.runpytest("--matrix", "matrix/small.yaml", "--collect-only", "-q")
+    result.stdout.no_fnmatch_line("*test_other*")
+    with_path = pytester.runpytest(
+        "--matrix", "matrix/small.yaml", "test_other.py", "--collect-only", "-q"
+    )
+    with_path.stdout.fnmatch_lines(["test_other.py::test_x", "7 tests collected*"])
+
+
+def test_bad_matrix_is_a_usage_error_with_position(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    matrix(project, AXES.replace("uefi-2cpu]", "uefi-2cpux]"), name="bad.yaml")
+    result = pytester.runpytest("--matrix", "matrix/bad.yaml", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: *matrix/bad.yaml:11:25: unknown hardware profile 'uefi-2cpux'"
+         " (did you mean 'uefi-2cpu'?)"]
+    )
+
+
+def test_missing_matrix_file_is_a_usage_error(pytester: pytest.Pytester, project: Path) -> None:
+    result = pytester.runpytest("--matrix", "matrix/nope.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: matrix/nope.yaml: file not found"])
+
+
+def test_cells_do_not_pretend_to_pass(pytester: pytest.Pytester, project: Path) -> None:
+    result = pytester.runpytest("--matrix", "matrix/small.yaml", "-q", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 0
+    assert outcomes.get("skipped", 0) + outcomes.get("failed", 0) + outcomes.get("error", 0) == 6
