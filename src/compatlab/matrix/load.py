@@ -36,6 +36,7 @@ from compatlab.catalog import (
     Catalog,
     Commands,
     OsFamily,
+    Product,
     load_catalog,
     parse_exit_codes,
 )
@@ -56,7 +57,7 @@ __all__ = ["CatalogCache", "load_matrix"]
 CatalogCache = dict[tuple[Path, Path, Path], Catalog]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     """A cell while includes are applied: its combination (if generated) and its settings."""
 
@@ -120,7 +121,7 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
         except ValueError as exc:
             raise top["strategy"].error(f"cannot seed the pairwise array: {exc}") from exc
 
-    rows = [_row_of(space, combo) for combo in combos]
+    rows = _rows(space, combos)
     if "include" in top:
         for entry in top["include"].items("include"):
             _apply_include(entry, rows, space, catalog, constraints, allowed)
@@ -128,9 +129,8 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
         where = top.get("constraints") or top.get("exclude") or top["axes"]
         raise where.error("the axes, excludes and constraints leave no cell to run")
 
-    cells = tuple(
-        _cell(row, path, catalog, candidate, scenario, value_nodes, command_nodes) for row in rows
-    )
+    make = _CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes)
+    cells = tuple(make(row) for row in rows)
     return Matrix(path, candidate, strategy, scenario, catalog, cells)
 
 
@@ -478,15 +478,30 @@ def _row_for(
 # -- includes and cells --------------------------------------------------------------------------
 
 
-def _row_of(space: Space, combo: Sequence[int]) -> _Row:
-    build, hardware, products = space.decode(combo)
-    slots = None
-    if space.product_mode == "slots":
-        slots = {
-            space.axes[i].key.split(".", 1)[1]: cast(str | None, space.axes[i].values[combo[i]])
-            for i in space.product_axes
-        }
-    return _Row(build, hardware, products, slots)
+def _rows(space: Space, combos: Sequence[Sequence[int]]) -> list[_Row]:
+    """Combinations -> rows, by value. Lookups are precomputed: this runs once per cell."""
+    builds = space.axes[space.index("build")].values
+    hardware = space.axes[space.index("hardware")].values
+    b, h = space.index("build"), space.index("hardware")
+    product_axes = space.product_axes
+    slot_names = [space.axes[i].key.partition(".")[2] for i in product_axes]
+    products_cache: dict[tuple[int, ...], tuple[str, ...]] = {}
+    rows = []
+    for combo in combos:
+        key = tuple(combo[i] for i in product_axes)
+        products = products_cache.get(key)
+        if products is None:
+            products = products_cache[key] = space.products_of(combo)
+        slots = None
+        if space.product_mode == "slots":
+            slots = {
+                name: cast(str | None, space.axes[i].values[combo[i]])
+                for name, i in zip(slot_names, product_axes, strict=True)
+            }
+        rows.append(
+            _Row(cast(str, builds[combo[b]]), cast(str, hardware[combo[h]]), products, slots)
+        )
+    return rows
 
 
 def _apply_include(
@@ -561,56 +576,83 @@ def _apply_include(
     rows.append(new)
 
 
-def _cell(
-    row: _Row,
-    path: Path,
-    catalog: Catalog,
-    candidate: Candidate,
-    scenario: ScenarioSettings,
-    value_nodes: list[list[Node]],
-    command_nodes: dict[str, Node],
-) -> Cell:
-    image = catalog.images[row.build]
-    hardware = catalog.hardware[row.hardware]
-    name = cell_id(row.build, row.hardware, row.products)
+class _CellMaker:
+    """Rows -> validated cells. Each check runs once per distinct pair, not once per cell."""
 
-    def where(kind: int, value: str) -> Node:
+    def __init__(
+        self,
+        path: Path,
+        catalog: Catalog,
+        candidate: Candidate,
+        scenario: ScenarioSettings,
+        value_nodes: list[list[Node]],
+        command_nodes: dict[str, Node],
+    ) -> None:
+        self.path = path
+        self.catalog = catalog
+        self.candidate = candidate
+        self.scenario = scenario
+        self.value_nodes = value_nodes
+        self.command_nodes = command_nodes
+        self._machines: set[tuple[str, str]] = set()
+        self._products: dict[tuple[OsFamily, tuple[str, ...]], tuple[Product, ...]] = {}
+
+    def __call__(self, row: _Row) -> Cell:
+        image = self.catalog.images[row.build]
+        hardware = self.catalog.hardware[row.hardware]
+        if (row.build, row.hardware) not in self._machines:
+            if hardware.firmware not in image.firmware:
+                raise self._where(row, 0, row.build).error(
+                    f"cell {self._id(row)}: image '{image.name}' boots with "
+                    f"{'/'.join(sorted(image.firmware))}, but hardware '{hardware.name}' has "
+                    f"{hardware.firmware} firmware",
+                    "exclude this combination or add a constraint",
+                )
+            if image.os_family not in self.candidate.commands:
+                raise self.command_nodes["install"].error(
+                    f"cell {self._id(row)}: the candidate has no {image.os_family} install command"
+                )
+            self._machines.add((row.build, row.hardware))
+        products = self._products.get((image.os_family, row.products))
+        if products is None:
+            products = self._product_objects(row, image.os_family, image.name)
+        settings = _scenario(row.overrides, self.scenario) if row.overrides else self.scenario
+        return Cell(self.path, image, hardware, products, self.candidate, settings)
+
+    def _product_objects(self, row: _Row, os_family: OsFamily, image: str) -> tuple[Product, ...]:
+        products = tuple(self.catalog.products[p] for p in row.products)
+        for product in products:
+            if product.payload_for(os_family) is None:
+                axis = next(
+                    (
+                        i
+                        for i in range(2, len(self.value_nodes))
+                        if any(_names_product(n, product.name) for n in self.value_nodes[i])
+                    ),
+                    2,
+                )
+                raise self._where(row, axis, product.name).error(
+                    f"cell {self._id(row)}: product '{product.name}' has no {os_family} payload, "
+                    f"but image '{image}' is {os_family}",
+                    f"add a {os_family} section to {product.source}",
+                )
+        self._products[(os_family, row.products)] = products
+        return products
+
+    @staticmethod
+    def _id(row: _Row) -> str:
+        return cell_id(row.build, row.hardware, row.products)
+
+    def _where(self, row: _Row, axis: int, value: str) -> Node:
+        """The node to blame: the include that made the cell, else the axis value."""
         if row.origin is not None:
             return row.origin
-        for n in value_nodes[kind]:
-            if n.value == value or (n.is_list() and value in n.value):
-                return n
-        return value_nodes[kind][0]
+        nodes = self.value_nodes[axis]
+        return next((n for n in nodes if _names_product(n, value) or n.value == value), nodes[0])
 
-    if hardware.firmware not in image.firmware:
-        raise where(0, row.build).error(
-            f"cell {name}: image '{image.name}' boots with {'/'.join(sorted(image.firmware))}, "
-            f"but hardware '{hardware.name}' has {hardware.firmware} firmware",
-            "exclude this combination or add a constraint",
-        )
-    products = tuple(catalog.products[p] for p in row.products)
-    for product in products:
-        if product.payload_for(image.os_family) is None:
-            kind = (
-                2
-                if len(value_nodes) == 3
-                else next(
-                    i
-                    for i in range(2, len(value_nodes))
-                    if any(n.value == product.name for n in value_nodes[i])
-                )
-            )
-            raise where(kind, product.name).error(
-                f"cell {name}: product '{product.name}' has no {image.os_family} payload, "
-                f"but image '{image.name}' is {image.os_family}",
-                f"add a {image.os_family} section to {product.source}",
-            )
-    if image.os_family not in candidate.commands:
-        raise command_nodes["install"].error(
-            f"cell {name}: the candidate has no {image.os_family} install command"
-        )
-    settings = _scenario(row.overrides, scenario) if row.overrides else scenario
-    return Cell(path, image, hardware, products, candidate, settings)
+
+def _names_product(node: Node, name: str) -> bool:
+    return node.value == name or (node.is_list() and name in node.value)
 
 
 def _scenario_value(key: str, value: Node) -> Any:

@@ -51,7 +51,7 @@ def cell_id(build: str, hardware: str, products: tuple[str, ...]) -> str:
     return f"{build}/{hardware}/{'+'.join(products) if products else 'none'}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cell:
     """One combination of the matrix: one VM, one verdict."""
 
