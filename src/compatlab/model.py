@@ -115,6 +115,32 @@ class Bugcheck:
     def as_json(self) -> dict[str, object]:
         return {"code": self.code, "name": self.name, "params": list(self.params)}
 
+    # An Event's ``data`` is a flat str -> str mapping, so a bugcheck rides on the event that saw
+    # it (QMP GUEST_PANICKED, the domain log's ``panic hyper-v`` line, a serial panic line) under
+    # these keys. One encoding, here, so the lab that writes it and the verdict that reads it agree.
+    EVENT_KEYS = ("bugcheck_code", "bugcheck_name", "bugcheck_params")
+
+    def as_event_data(self) -> dict[str, str]:
+        """This bugcheck as ``Event.data`` entries (params joined by commas)."""
+        return {
+            "bugcheck_code": self.code,
+            "bugcheck_name": self.name,
+            "bugcheck_params": ",".join(self.params),
+        }
+
+    @classmethod
+    def from_event_data(cls, data: Mapping[str, str]) -> Bugcheck | None:
+        """The bugcheck an event carries, or None when it carries none."""
+        code = data.get("bugcheck_code", "")
+        if not code:
+            return None
+        params = data.get("bugcheck_params", "")
+        return cls(
+            code=code,
+            name=data.get("bugcheck_name", ""),
+            params=tuple(p.strip() for p in params.split(",") if p.strip()),
+        )
+
 
 BootOutcome = Literal["completed", "crash", "reset", "hang", "watchdog"]
 

@@ -1,0 +1,136 @@
+"""``junit.xml`` beside results.json, for CI servers that chart JUnit.
+
+One ``<testsuite>`` per matrix file; each cell a ``<testcase>`` with ``classname`` = the matrix
+file and ``name`` = the cell id, ``time`` in seconds, and ``<properties>`` carrying the verdict,
+attribution and bugcheck code/name. Failing verdicts are ``<failure type="<verdict>">`` with the
+reason as message; ``infra_error`` is an ``<error>``: the lab failed, not the test -- the same
+distinction JUnit draws between a failed assertion and a broken test.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from compatlab.model import CellResult, Verdict
+from compatlab.report.results import RunInfo, write_text_atomic
+
+__all__ = ["JUNIT_FILE", "junit_xml", "write_junit"]
+
+JUNIT_FILE = "junit.xml"
+
+# Characters XML 1.0 cannot hold at all, not even escaped. Serial consoles and installer output
+# are full of them (ANSI escapes, NULs); ElementTree would write them and break every parser.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_EVENTS_IN_FAILURE = 25
+
+
+def _clean(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def _matrix_of(cell: CellResult, run: RunInfo) -> str:
+    if cell.matrix:
+        return cell.matrix
+    return run.matrix[0] if len(run.matrix) == 1 else "compatlab"
+
+
+def _failure_text(cell: CellResult) -> str:
+    lines = [cell.reason or cell.verdict.value]
+    if cell.bugcheck:
+        params = ", ".join(cell.bugcheck.params)
+        lines.append(f"bugcheck {cell.bugcheck.code} {cell.bugcheck.name} ({params})".rstrip())
+    for boot in cell.boots:
+        phase = f" [{boot.phase}]" if boot.phase else ""
+        lines.append(f"boot {boot.n}{phase}: {boot.outcome} after {boot.seconds:.1f} s")
+    events = cell.events[-_EVENTS_IN_FAILURE:]
+    if events:
+        if len(cell.events) > len(events):
+            lines.append(f"last {len(events)} of {len(cell.events)} events:")
+        lines += [f"{e.t:9.3f}  {e.source:<10} {e.kind:<14} {e.detail}".rstrip() for e in events]
+    lines += [f"{name}: {path}" for name, path in sorted(cell.artifacts.items())]
+    return _clean("\n".join(lines))
+
+
+def _testcase(parent: ET.Element, cell: CellResult, classname: str) -> None:
+    case = ET.SubElement(
+        parent,
+        "testcase",
+        classname=_clean(classname),
+        name=_clean(cell.id),
+        time=f"{cell.seconds:.3f}",
+    )
+    props = ET.SubElement(case, "properties")
+    values = [("verdict", cell.verdict.value)]
+    if cell.attribution is not None:
+        values.append(("attribution", cell.attribution.value))
+    if cell.bugcheck is not None:
+        values += [("bugcheck.code", cell.bugcheck.code), ("bugcheck.name", cell.bugcheck.name)]
+    if cell.attempts != 1:
+        values.append(("attempts", str(cell.attempts)))
+    for name, value in values:
+        ET.SubElement(props, "property", name=name, value=_clean(value))
+    if cell.verdict is Verdict.PASS:
+        return
+    tag = "error" if cell.verdict is Verdict.INFRA_ERROR else "failure"
+    element = ET.SubElement(
+        case, tag, type=cell.verdict.value, message=_clean(cell.reason or cell.verdict.value)
+    )
+    element.text = _failure_text(cell)
+
+
+def junit_xml(run: RunInfo, cells: Iterable[CellResult]) -> ET.Element:
+    """The ``<testsuites>`` element for a run."""
+    by_matrix: dict[str, list[CellResult]] = {}
+    for cell in cells:
+        by_matrix.setdefault(_matrix_of(cell, run), []).append(cell)
+    root = ET.Element("testsuites", name=_clean(f"compatlab {run.id}"))
+    totals = {"tests": 0, "failures": 0, "errors": 0}
+    total_time = 0.0
+    for matrix, group in by_matrix.items():
+        counts = _counts(group)
+        seconds = sum(c.seconds for c in group)
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=_clean(matrix),
+            tests=str(counts["tests"]),
+            failures=str(counts["failures"]),
+            errors=str(counts["errors"]),
+            skipped="0",
+            time=f"{seconds:.3f}",
+            timestamp=run.started.isoformat(),
+        )
+        props = ET.SubElement(suite, "properties")
+        for name, value in (
+            ("run", run.id),
+            ("candidate.name", run.candidate_name),
+            ("candidate.version", run.candidate_version),
+            ("hosts", " ".join(run.hosts)),
+        ):
+            ET.SubElement(props, "property", name=name, value=_clean(value))
+        for cell in group:
+            _testcase(suite, cell, matrix)
+        for key in totals:
+            totals[key] += counts[key]
+        total_time += seconds
+    for key, total in totals.items():
+        root.set(key, str(total))
+    root.set("time", f"{total_time:.3f}")
+    return root
+
+
+def _counts(cells: Sequence[CellResult]) -> dict[str, int]:
+    errors = sum(1 for c in cells if c.verdict is Verdict.INFRA_ERROR)
+    failures = sum(1 for c in cells if c.verdict.is_failure) - errors
+    return {"tests": len(cells), "failures": failures, "errors": errors}
+
+
+def write_junit(run_dir: Path, run: RunInfo, cells: Iterable[CellResult]) -> Path:
+    """Write ``junit.xml`` into the run folder, atomically."""
+    root = junit_xml(run, cells)
+    ET.indent(root)
+    text = ET.tostring(root, encoding="unicode", xml_declaration=True)
+    return write_text_atomic(run_dir / JUNIT_FILE, text + "\n")
