@@ -1,2 +1,216 @@
-def main() -> int:
-    return 0
+"""The ``compatlab`` command.
+
+One subcommand per function pair: ``_add_<name>(subparsers)`` declares its arguments and sets
+``handler``; ``_<name>(args) -> int`` runs it. New subcommands (``images build``, ``report``,
+``signoff``, ``gc``) register in :data:`_SUBCOMMANDS`. Heavy imports stay inside handlers so
+``compatlab --help`` is instant.
+
+Exit status: 0 done; 1 the lab failed (e.g. rendered XML rejected by libvirt's schema);
+2 bad input (usage, matrix, unknown cell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compatlab.errors import CompatlabError, InputError, LabError
+
+if TYPE_CHECKING:
+    from compatlab.catalog import GoldenImage, HardwareProfile
+    from compatlab.lab.domain import Accel, CrashPolicy
+    from compatlab.lab.reaper import Controller
+
+__all__ = ["PREVIEW_RUN_ID", "build_parser", "main", "render_for_cell"]
+
+log = logging.getLogger("compatlab.cli")
+
+#: The run id ``compatlab xml`` renders with unless given one.
+PREVIEW_RUN_ID = "preview"
+#: uuid5 namespace for domain UUIDs: the same run and cell always get the same UUID.
+_DOMAIN_UUIDS = uuid.UUID("5f0b8e52-3c1e-4d1a-9a57-0c8d2f6b7a11")
+
+EXIT_OK = 0
+EXIT_LAB = 1
+EXIT_INPUT = 2
+
+
+# -- rendering one cell ---------------------------------------------------------------------------
+
+
+def render_for_cell(
+    image: GoldenImage,
+    hardware: HardwareProfile,
+    cell_id: str,
+    *,
+    template_dir: Path,
+    run_id: str = PREVIEW_RUN_ID,
+    storage_root: Path | None = None,
+    accel: Accel = "qemu",
+    on_crash: CrashPolicy = "preserve",
+    controller: Controller | None = None,
+) -> str:
+    """The domain XML the cell ``cell_id`` of run ``run_id`` gets. Creates nothing.
+
+    Paths are the cell's :class:`~compatlab.lab.storage.CellStorage` paths under
+    ``storage_root``; the owner in the metadata is ``controller`` (default: this process).
+    Raises :class:`~compatlab.lab.domain.ProfileNotSupported` for profiles this lab cannot run.
+    """
+    from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml
+    from compatlab.lab.reaper import CellMetadata, Controller
+    from compatlab.lab.storage import DEFAULT_ROOT, CellStorage
+
+    storage = CellStorage(run_id, cell_id, root=storage_root or DEFAULT_ROOT)
+    spec = DomainSpec(
+        name=domain_name(run_id, cell_id),
+        uuid=uuid.uuid5(_DOMAIN_UUIDS, f"{run_id}\0{cell_id}"),
+        accel=accel,
+        image=image,
+        hardware=hardware,
+        overlay=storage.overlay,
+        serial_log=storage.serial_log,
+        nvram=storage.nvram if hardware.firmware == "uefi" else None,
+        metadata=CellMetadata(
+            run=run_id, cell=cell_id, controller=controller or Controller.current()
+        ),
+        on_crash=on_crash,
+    )
+    return render_domain_xml(spec, template_dir)
+
+
+# -- compatlab xml --------------------------------------------------------------------------------
+
+
+def _add_xml(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "xml",
+        help="print the libvirt domain XML a cell would get (starts nothing)",
+        description="Print the libvirt domain XML the cell CELL_ID of MATRIX would get, "
+        "checked against libvirt's schema. Nothing is created or started.",
+    )
+    parser.add_argument("matrix", type=Path, metavar="MATRIX", help="matrix file")
+    parser.add_argument("cell_id", metavar="CELL_ID", help="cell id, e.g. build/hardware/none")
+    parser.add_argument("--run-id", default=PREVIEW_RUN_ID, help="run id for names and paths")
+    parser.add_argument(
+        "--storage-root", type=Path, default=None, help="lab storage root (/var/lib/compatlab)"
+    )
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "qemu"),
+        default="auto",
+        help="domain type; auto asks the hypervisor at --uri, falling back to qemu (TCG)",
+    )
+    parser.add_argument("--uri", default="qemu:///system", help="hypervisor for --accel auto")
+    parser.add_argument(
+        "--on-crash", choices=("preserve", "restart", "destroy"), default="preserve"
+    )
+    parser.add_argument(
+        "--templates", type=Path, default=None, help="template folder (<project>/configs/templates)"
+    )
+    parser.add_argument("--no-validate", action="store_true", help="skip virt-xml-validate")
+    parser.set_defaults(handler=_xml)
+
+
+def _xml(args: argparse.Namespace) -> int:
+    from compatlab.lab.domain import validate_domain_xml
+    from compatlab.matrix import find_project_root, load_matrix
+
+    project = find_project_root(args.matrix.parent)
+    matrix = load_matrix(args.matrix, catalog_root=project)
+    try:
+        cell = matrix.cell(args.cell_id)
+    except KeyError:
+        ids = [c.id for c in matrix.cells]
+        close = difflib.get_close_matches(args.cell_id, ids, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        print(f"{args.matrix}: no cell '{args.cell_id}'{hint}", file=sys.stderr)
+        return EXIT_INPUT
+    xml = render_for_cell(
+        cell.image,
+        cell.hardware,
+        cell.id,
+        template_dir=args.templates or _template_dir(project),
+        run_id=args.run_id,
+        storage_root=args.storage_root,
+        accel=_accel(args.accel, args.uri),
+        on_crash=args.on_crash,
+    )
+    sys.stdout.write(xml)
+    if not args.no_validate:
+        validate_domain_xml(xml)
+    return EXIT_OK
+
+
+def _template_dir(project: Path) -> Path:
+    """The project's templates; else compatlab's own (a matrix repository may not carry them)."""
+    from compatlab.lab.domain import TEMPLATE_NAME
+
+    own = project / "configs" / "templates"
+    if (own / TEMPLATE_NAME).is_file():
+        return own
+    return Path(__file__).resolve().parents[2] / "configs" / "templates"
+
+
+def _accel(choice: str, uri: str) -> Accel:
+    if choice == "kvm":
+        return "kvm"
+    if choice == "qemu":
+        return "qemu"
+    from compatlab.lab.connection import Hypervisor
+
+    try:
+        with Hypervisor(uri, auto_reconnect=False) as hypervisor:
+            return hypervisor.accelerator().domain_type
+    except LabError as exc:
+        log.warning("cannot ask %s which accelerator it has (%s); assuming qemu (TCG)", uri, exc)
+        return "qemu"
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+#: Subcommands, in --help order. Add yours here (images build, report, signoff, gc).
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _add_xml,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``compatlab`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="compatlab",
+        description="Compatibility lab for kernel-touching updates.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``compatlab``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="compatlab: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except InputError as exc:
+        print(f"compatlab: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except CompatlabError as exc:
+        print(f"compatlab {args.command}: {exc}", file=sys.stderr)
+        return EXIT_LAB
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The libvirt domain a cell runs in: a frozen spec, rendered through a Jinja2 template.
+
+A :class:`DomainSpec` says everything one cell's VM needs (golden image, hardware profile, the
+cell's own files, who owns it); :func:`render_domain_xml` turns it into domain XML using
+``configs/templates/domain.xml.j2``; :func:`validate_domain_xml` checks the result against
+libvirt's own schema. Nothing here talks to libvirt: defining and starting is the lab's job.
+
+What libvirt 9.0 / QEMU 7.2 accept was measured on the lab hosts; the template says why each
+block looks the way it does. :func:`check_supported` refuses, before anything is created, the
+profiles that cannot run here (see its docstring).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+from uuid import UUID
+
+import jinja2
+
+from compatlab.catalog import GoldenImage, HardwareProfile
+from compatlab.errors import CatalogError, LabError
+from compatlab.lab.reaper import NS_URI, CellMetadata
+
+__all__ = [
+    "TEMPLATE_NAME",
+    "Accel",
+    "CrashPolicy",
+    "DomainSpec",
+    "DomainXMLError",
+    "ProfileNotSupported",
+    "check_supported",
+    "domain_name",
+    "render_domain_xml",
+    "validate_domain_xml",
+]
+
+log = logging.getLogger(__name__)
+
+Accel = Literal["kvm", "qemu"]
+CrashPolicy = Literal["preserve", "restart", "destroy"]
+
+TEMPLATE_NAME = "domain.xml.j2"
+DOMAIN_PREFIX = "compatlab-"
+
+# libvirt forbids only '/' in names, but names also become file names (logs, sockets, swtpm
+# state) and shell arguments in runbooks: keep them boring.
+_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+_SLUG_LENGTH = 40
+
+
+class ProfileNotSupported(CatalogError):
+    """A hardware profile (with this image) cannot run on this lab's libvirt / QEMU.
+
+    An input error, found before anything is created: the profile file is what must change.
+    """
+
+
+class DomainXMLError(LabError):
+    """The rendered domain XML does not satisfy libvirt's schema (a bug in the lab, not input)."""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Everything one cell's VM is made of. Paths are on the hypervisor host."""
+
+    name: str
+    uuid: UUID
+    accel: Accel
+    image: GoldenImage
+    hardware: HardwareProfile
+    overlay: Path
+    serial_log: Path
+    #: Who owns the domain, for the reaper (``lab/reaper.py`` reads it back).
+    metadata: CellMetadata
+    #: Per-VM UEFI variable store; libvirt creates it from the firmware's template. UEFI only.
+    nvram: Path | None = None
+    on_crash: CrashPolicy = "preserve"
+    #: ISO in the payload drive at start; None leaves the drive empty.
+    cdrom: Path | None = None
+    #: QEMU binary; None lets libvirt pick the host's default for x86_64.
+    emulator: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Programming errors, not input errors: names come from domain_name(), paths from
+        # CellStorage.
+        if not _DOMAIN_NAME.match(self.name):
+            raise ValueError(f"domain name {self.name!r} is not libvirt-safe")
+        if self.accel not in get_args(Accel):
+            raise ValueError(f"accel must be one of {get_args(Accel)}, not {self.accel!r}")
+        if self.on_crash not in get_args(CrashPolicy):
+            raise ValueError(
+                f"on_crash must be one of {get_args(CrashPolicy)}, not {self.on_crash!r}"
+            )
+        for what, path in (
+            ("overlay", self.overlay),
+            ("serial_log", self.serial_log),
+            ("nvram", self.nvram),
+            ("cdrom", self.cdrom),
+            ("emulator", self.emulator),
+        ):
+            if path is not None and not path.is_absolute():
+                raise ValueError(f"{what} must be an absolute path, not {path}")
+        if self.hardware.firmware == "uefi" and self.nvram is None:
+            raise ValueError("a UEFI domain needs an nvram path")
+        if self.hardware.firmware == "bios" and self.nvram is not None:
+            raise ValueError("a BIOS domain has no nvram")
+
+
+def domain_name(run_id: str, cell_id: str) -> str:
+    """``compatlab-<readable cell id>-<hash>``: libvirt-safe, at most 61 characters.
+
+    The readable part is the cell id lower-cased with every other run of characters turned into
+    ``-`` (cell ids hold ``/`` and ``+``) and cut to 40 characters; the hash of run id and cell
+    id keeps names distinct where that folds two cells together, and across runs on one host.
+    """
+    slug = _NOT_SLUG.sub("-", cell_id.lower()).strip("-")[:_SLUG_LENGTH].rstrip("-") or "cell"
+    digest = hashlib.sha256(f"{run_id}\0{cell_id}".encode()).hexdigest()[:10]
+    return f"{DOMAIN_PREFIX}{slug}-{digest}"
+
+
+def check_supported(image: GoldenImage, hardware: HardwareProfile) -> None:
+    """Refuse, with a clear reason, a profile this lab's libvirt 9.0 / QEMU 7.2 cannot run.
+
+    - the image does not boot with the profile's firmware;
+    - Secure Boot on the ``pc`` machine: every Secure Boot OVMF build needs SMM, which the
+      firmware descriptors only offer on q35 (libvirt: "Unable to find any firmware to
+      satisfy 'efi'");
+    - the ``itco`` watchdog: libvirt 9.0 does not know the model.
+
+    NVMe is supported (see the template): libvirt 9.0 has no NVMe disk bus, so the disk's
+    front end is overridden to QEMU's ``nvme`` device.
+    """
+    if hardware.firmware not in image.firmware:
+        raise ProfileNotSupported(
+            f"image '{image.name}' boots with {'/'.join(sorted(image.firmware))}, "
+            f"hardware profile '{hardware.name}' has {hardware.firmware}",
+            file=hardware.source,
+            hint="pair this image with a profile of a firmware it supports",
+        )
+    if hardware.secure_boot and hardware.machine != "q35":
+        raise ProfileNotSupported(
+            f"hardware profile '{hardware.name}': Secure Boot needs machine q35, "
+            f"not {hardware.machine}",
+            file=hardware.source,
+            hint="the Secure Boot OVMF descriptors (they need SMM) list pc-q35-* machines only",
+        )
+    if hardware.watchdog is not None and hardware.watchdog.model == "itco":
+        raise ProfileNotSupported(
+            f"hardware profile '{hardware.name}': libvirt 9.0 does not know watchdog model 'itco'",
+            file=hardware.source,
+            hint="use i6300esb (or ib700) on this lab",
+        )
+
+
+@dataclass(frozen=True)
+class _DiskLayout:
+    dev: str
+    bus: str
+    nvme: bool
+
+
+def _disk_layout(hardware: HardwareProfile) -> _DiskLayout:
+    if hardware.disk_bus == "sata":
+        return _DiskLayout(dev="sda", bus="sata", nvme=False)
+    # NVMe rides on a virtio disk whose front end the template overrides.
+    return _DiskLayout(dev="vda", bus="virtio", nvme=hardware.disk_bus == "nvme")
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(template_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir),
+        # On for every template, whatever its extension: YAML values must not become XML.
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_domain_xml(spec: DomainSpec, template_dir: Path) -> str:
+    """The domain XML for ``spec`` from ``template_dir/domain.xml.j2``.
+
+    Raises :class:`ProfileNotSupported` for profiles :func:`check_supported` refuses, and
+    :class:`DomainXMLError` when the template is missing or broken.
+    """
+    check_supported(spec.image, spec.hardware)
+    folder = Path(template_dir).resolve()
+    try:
+        return (
+            _environment(folder)
+            .get_template(TEMPLATE_NAME)
+            .render(
+                spec=spec,
+                image=spec.image,
+                hw=spec.hardware,
+                disk=_disk_layout(spec.hardware),
+                windows=spec.image.os_family == "windows",
+                kvm=spec.accel == "kvm",
+                metadata_ns=NS_URI,
+            )
+        )
+    except jinja2.TemplateNotFound as exc:
+        raise DomainXMLError(f"no {TEMPLATE_NAME} in {folder}", domain=spec.name) from exc
+    except jinja2.TemplateError as exc:
+        raise DomainXMLError(
+            f"{folder / TEMPLATE_NAME}: {exc.__class__.__name__}: {exc}", domain=spec.name
+        ) from exc
+
+
+_validator_missing_noted = False
+
+
+def validate_domain_xml(xml: str, *, validator: str = "virt-xml-validate") -> None:
+    """Check ``xml`` against libvirt's domain schema with ``virt-xml-validate``.
+
+    Raises :class:`DomainXMLError` carrying the validator's message. Where the tool is not
+    installed (it comes with libvirt-clients), logs a note once and returns.
+    """
+    global _validator_missing_noted
+    executable = shutil.which(validator)
+    if executable is None:
+        if not _validator_missing_noted:
+            log.warning(
+                "%s not found: domain XML is not checked against libvirt's schema", validator
+            )
+            _validator_missing_noted = True
+        return
+    name = _name_of(xml)
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", encoding="utf-8") as file:
+        file.write(xml)
+        file.flush()
+        try:
+            done = subprocess.run(
+                [executable, file.name, "domain"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DomainXMLError(f"{validator} could not run: {exc}", domain=name) from exc
+    if done.returncode != 0:
+        # The validator names the temporary file; the reader wants the domain.
+        message = (done.stderr or done.stdout).replace(file.name, "<domain xml>").strip()
+        raise DomainXMLError(f"domain XML fails libvirt's schema: {message}", domain=name)
+
+
+def _name_of(xml: str) -> str | None:
+    try:
+        return ET.fromstring(xml).findtext("name")
+    except ET.ParseError:
+        return None
