@@ -23,6 +23,7 @@ __all__ = [
     "Credentials",
     "ExitCodes",
     "GoldenImage",
+    "GuestConventions",
     "HardwareProfile",
     "Health",
     "Product",
@@ -50,6 +51,37 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class GuestConventions:
+    """How the lab does routine things inside a guest of this image.
+
+    ``{label}``, ``{path}`` and ``{service}`` are filled in by the scenario. ``mount_payload`` is
+    None where the guest mounts a CD-ROM by itself (Windows gives it a drive letter).
+    """
+
+    payload_path: str
+    mount_payload: str | None
+    unmount_payload: str | None
+    service_check: str
+
+    @classmethod
+    def default(cls, os_family: OsFamily) -> GuestConventions:
+        if os_family == "windows":
+            # Golden Windows images are built with the payload drive at D:.
+            return cls(
+                payload_path="D:\\",
+                mount_payload=None,
+                unmount_payload=None,
+                service_check='sc query "{service}" | findstr /C:RUNNING',
+            )
+        return cls(
+            payload_path="/run/compatlab/payload",
+            mount_payload="mkdir -p {path} && mount -o ro -L {label} {path}",
+            unmount_payload="umount {path}",
+            service_check="systemctl is-active --quiet {service}",
+        )
+
+
+@dataclass(frozen=True)
 class GoldenImage:
     """A read-only base disk of one OS build; every cell boots a copy-on-write overlay of it."""
 
@@ -68,6 +100,11 @@ class GoldenImage:
     cmdline: str | None = None
     recipe: str | None = None
     variant: str | None = None
+    guest: GuestConventions | None = None
+
+    @property
+    def conventions(self) -> GuestConventions:
+        return self.guest or GuestConventions.default(self.os_family)
 
 
 @dataclass(frozen=True)
@@ -209,6 +246,7 @@ def parse_image(path: Path) -> GoldenImage:
             "cmdline",
             "recipe",
             "variant",
+            "guest",
         ),
     )
     base = path.parent
@@ -242,7 +280,32 @@ def parse_image(path: Path) -> GoldenImage:
     initrd = _path(e["initrd"], base, "initrd") if "initrd" in e else None
     if initrd is not None and kernel is None:
         raise e["initrd"].error("an initrd needs a kernel")
+    guest = None
+    if "guest" in e:
+        defaults = GuestConventions.default(os_family)
+        g = e["guest"].mapping(
+            "guest", optional=("payload_path", "mount_payload", "unmount_payload", "service_check")
+        )
+        guest = GuestConventions(
+            payload_path=g["payload_path"].text("payload_path")
+            if "payload_path" in g
+            else defaults.payload_path,
+            mount_payload=None
+            if "mount_payload" in g and g["mount_payload"].is_null()
+            else g["mount_payload"].text("mount_payload")
+            if "mount_payload" in g
+            else defaults.mount_payload,
+            unmount_payload=None
+            if "unmount_payload" in g and g["unmount_payload"].is_null()
+            else g["unmount_payload"].text("unmount_payload")
+            if "unmount_payload" in g
+            else defaults.unmount_payload,
+            service_check=g["service_check"].text("service_check")
+            if "service_check" in g
+            else defaults.service_check,
+        )
     return GoldenImage(
+        guest=guest,
         name=_name(e["name"], "image name"),
         os_family=os_family,
         build=e["build"].text("build"),

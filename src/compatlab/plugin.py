@@ -8,17 +8,23 @@ started; each cell then becomes one :class:`CellItem` named
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from compatlab.errors import InputError
 from compatlab.matrix import CatalogCache, Cell, Matrix, find_project_root, load_matrix
+from compatlab.model import CellResult, Verdict
 
-__all__ = ["CellItem", "MatrixFile"]
+__all__ = ["CellFailed", "CellItem", "MatrixFile"]
 
 _MATRICES = pytest.StashKey[dict[Path, Matrix]]()
+_SESSION = pytest.StashKey["_Session"]()
+_RESULT_PROPERTY = "compatlab_cell"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,6 +73,13 @@ def pytest_configure(config: pytest.Config) -> None:
         except InputError as exc:
             raise pytest.UsageError(str(exc)) from exc
     config.stash[_MATRICES] = matrices
+    config.stash[_SESSION] = _Session(config, matrices)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(config.stash[_SESSION]), "compatlab-xdist")
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(
+            _ControllerHooks(config.stash[_SESSION]), "compatlab-controller"
+        )
     # With no test paths on the command line, a matrix run collects only its cells, not the
     # configured testpaths; with paths, the cells come in addition (e.g. custom checks).
     matrix_args = [str(p) for p in matrices]
@@ -108,7 +121,208 @@ class CellItem(pytest.Item):
         )
 
     def runtest(self) -> None:
-        pytest.skip("the lab is not wired into the run yet: cells are collected, not run")
+        session = self.config.stash[_SESSION]
+        done = session.finished_before.get((str(self.cell.matrix), self.cell.id))
+        if done is not None:
+            pytest.skip(f"finished in the resumed run: {done}")
+        run = session.lab_run()
+        try:
+            result = run.run(self.cell)
+        finally:
+            run.progress.clear()
+        self.user_properties.append((_RESULT_PROPERTY, json.dumps(result.as_json())))
+        if result.verdict is not Verdict.PASS:
+            raise CellFailed(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return excinfo.value.summary()
+        return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"cell {self.cell.id}"
+
+
+class CellFailed(Exception):
+    """A cell's verdict is not ``pass``. Carries the result so the failure reads as evidence."""
+
+    def __init__(self, result: CellResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+    def summary(self) -> str:
+        r = self.result
+        who = f" [{r.attribution}]" if r.attribution else ""
+        bug = f" bugcheck {r.bugcheck.code} {r.bugcheck.name}" if r.bugcheck else ""
+        return f"{r.verdict.value.upper()}{who}{bug}: {r.reason}"
+
+
+class _Session:
+    """The plugin's state for one pytest process: the lab run and, in the controller, the report.
+
+    Imports of the lab stay inside, so collecting never loads libvirt code paths it does not
+    need, and ``--collect-only`` never connects to a hypervisor.
+    """
+
+    def __init__(self, config: pytest.Config, matrices: dict[Path, Matrix]) -> None:
+        from compatlab.report import load_results
+        from compatlab.run import check_report_dir, load_lab_settings, new_run_id
+
+        self.config = config
+        self.matrices = matrices
+        workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+        self.worker = workerinput["workerid"] if workerinput else "main"
+        report_option = config.getoption("matrix_report")
+        resume = bool(config.getoption("matrix_resume"))
+        if resume and not report_option:
+            raise pytest.UsageError("--matrix-resume needs --matrix-report DIR (the run to resume)")
+        if workerinput and "compatlab_run_id" in workerinput:
+            self.run_id = str(workerinput["compatlab_run_id"])
+            self.report_dir = Path(workerinput["compatlab_report_dir"])
+        else:
+            self.run_id = new_run_id()
+            self.report_dir = (
+                Path(report_option) if report_option else config.rootpath / "reports" / self.run_id
+            )
+        self.report_dir = self.report_dir.resolve()
+        try:
+            check_report_dir(self.report_dir)
+            hosts = config.getoption("matrix_hosts")
+            default_hosts = config.rootpath / "configs" / "lab.yaml"
+            self.settings = load_lab_settings(
+                Path(hosts) if hosts else (default_hosts if default_hosts.exists() else None)
+            )
+        except InputError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+        self.finished_before: dict[tuple[str, str], str] = {}
+        if resume and (self.report_dir / "results.json").exists():
+            try:
+                old = load_results(self.report_dir)
+            except InputError as exc:
+                raise pytest.UsageError(f"cannot resume: {exc}") from exc
+            self.run_id = old.run.id
+            self.finished_before = {
+                (c.matrix, c.id): c.verdict.value
+                for c in old.cells
+                if c.verdict is not Verdict.INFRA_ERROR
+            }
+        first = next(iter(matrices.values()))
+        self.template_dir = find_project_root(first.path.parent) / "configs" / "templates"
+        self._run: Any = None
+        self.sink: Any = None
+        self.index: Path | None = None
+        if workerinput is None:
+            self._open_sink(resume)
+
+    def _open_sink(self, resume: bool) -> None:
+        from compatlab.report import RunInfo
+        from compatlab.run import ReportSink
+
+        first = next(iter(self.matrices.values()))
+        run = RunInfo(
+            id=self.run_id,
+            matrix=tuple(str(m.path) for m in self.matrices.values()),
+            candidate_name=first.candidate.name,
+            candidate_version=first.candidate.version,
+            started=datetime.now(UTC),
+            hosts=(self.settings.uri,),
+        )
+        self.sink = ReportSink(self.report_dir, run, self.matrices.values(), resume=resume)
+
+    def lab_run(self) -> Any:
+        if self._run is None:
+            from compatlab.run import LabRun
+
+            self._run = LabRun(
+                run_id=self.run_id,
+                worker=self.worker,
+                report_dir=self.report_dir,
+                template_dir=self.template_dir,
+                settings=self.settings,
+                progress=_Progress(self.config),
+            )
+        return self._run
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.close()
+
+
+class _Progress:
+    """Each running cell's phase, on the terminal line, updated in place.
+
+    Only on an interactive terminal and not under ``-q``: CI logs and piped output stay clean.
+    Under xdist the workers have no terminal, so nothing is shown.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        self.tw = getattr(reporter, "_tw", None)
+        # The terminal writer keeps the real stdout (pytest captures sys.stdout during tests).
+        stream = getattr(self.tw, "_file", None)
+        self.enabled = (
+            self.tw is not None
+            and stream is not None
+            and stream.isatty()
+            and config.get_verbosity() >= 0
+            and not hasattr(config, "workerinput")
+        )
+        self.shown = 0
+
+    def __call__(self, cell: str, phase: str) -> None:
+        if not self.enabled or self.tw is None:
+            return
+        self.clear()
+        room = max(self.tw.fullwidth - self.tw.width_of_current_line - 4, 0)
+        text = f" [{cell}: {phase}]"[:room]
+        self.tw.write(text, cyan=True, flush=True)
+        self.shown = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self.tw is not None and self.shown:
+            self.tw.write("\b" * self.shown + "\x1b[K", flush=True)
+            self.shown = 0
+
+
+class _XdistHooks:
+    """Hooks that exist only with pytest-xdist: hand the run id and report folder to workers."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["compatlab_run_id"] = self.session.run_id
+        node.workerinput["compatlab_report_dir"] = str(self.session.report_dir)
+
+
+class _ControllerHooks:
+    """The controller's side (the only process without xdist): the report, as cells finish."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        from compatlab.report import cell_from_json
+
+        for name, value in report.user_properties:
+            if name == _RESULT_PROPERTY:
+                self.session.sink.add(cell_from_json(json.loads(str(value))))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.session.close()
+        if not session.config.option.collectonly:
+            self.session.index = self.session.sink.finish()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        index = getattr(self.session, "index", None)
+        if index is not None:
+            terminalreporter.write_sep("-", "compatlab")
+            terminalreporter.write_line(f"compatlab: report: {index}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(_SESSION, None)
+    if state is not None and state.sink is None:
+        state.close()  # an xdist worker: the controller writes the report

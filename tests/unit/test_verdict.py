@@ -197,6 +197,30 @@ def test_guest_resetting_itself_before_boot_completes_loops() -> None:
     assert found[-1].t == 9.5
 
 
+def test_one_reboot_reported_twice_is_one_reset() -> None:
+    # Recorded on the lab host (QEMU 7.2, SeaBIOS): a guest-agent reboot reaches libvirt as two
+    # REBOOT events 36 ms apart. That is one boot, not a failed boot of 0.04 s.
+    timeline = [
+        ev(0.455, "started", detail="booted"),
+        ready(8.989),
+        ev(11.519, "reboot"),
+        ev(11.555, "reboot"),
+        ready(20.044),
+        ev(23.731, "reboot"),
+        ev(23.769, "reboot"),
+        ready(37.779),
+    ]
+    watcher = BootWatcher()
+    assert kinds(watcher.feed_all(timeline)) == ["boot_completed"] * 3
+    assert [b.outcome for b in watcher.boots] == ["completed"] * 3
+    assert watcher.boots[1].seconds == pytest.approx(20.044 - 11.519)
+
+
+def test_resets_a_second_apart_still_count() -> None:
+    timeline = [ev(0.0, "started"), ev(1.2, "reboot"), ev(2.4, "reboot"), ev(3.6, "reboot")]
+    assert kinds(BootWatcher().feed_all(timeline)) == ["reset", "reset", "reset", "boot_loop"]
+
+
 def test_crash_after_a_completed_boot_counts_towards_a_loop() -> None:
     timeline = [
         ev(0.0, "started"),

@@ -383,6 +383,14 @@ def _cell(r: _Reader, value: object, where: str) -> CellResult:
     )
 
 
+def cell_from_json(value: object, *, source: str = "<cell>") -> CellResult:
+    """One results.json cell (as parsed JSON) back into a :class:`CellResult`.
+
+    How a cell's result travels from an xdist worker to the controller that writes the report.
+    """
+    return _cell(_Reader(Path(source)), value, "cell")
+
+
 def load_results(path: Path) -> Results:
     """Read a results.json (or the run folder holding one) back into typed objects.
 

@@ -1,0 +1,196 @@
+"""A run of the lab: the session object the pytest plugin hands cells to.
+
+Two halves, because under pytest-xdist they live in different processes:
+
+* :class:`LabRun` runs cells (in each worker, or in the one pytest process). It connects to the
+  hypervisor lazily -- ``--collect-only`` never touches libvirt -- and on first use reaps what
+  dead runs left, claims its storage folder (``owner.json``) and probes the accelerator once.
+* :class:`ReportSink` writes the report (in the controller only): results.json after every cell,
+  junit.xml and the HTML pages at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from compatlab._yaml import load
+from compatlab.errors import InputError, LabError, MatrixError
+from compatlab.lab.connection import DEFAULT_URI, Hypervisor
+from compatlab.lab.reaper import Controller, reap, run_folder, write_run_owner
+from compatlab.lab.storage import DEFAULT_ROOT
+from compatlab.matrix import Cell, Matrix
+from compatlab.model import CellResult, Verdict
+from compatlab.report import PlannedCell, ResultsWriter, RunInfo, render_html, write_junit
+from compatlab.scenario import LabContext, run_cell
+
+__all__ = ["LabRun", "LabSettings", "ReportSink", "load_lab_settings", "new_run_id"]
+
+log = logging.getLogger("compatlab.run")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``20261123T174500-3f9a``: sortable by time, unique across controllers."""
+    moment = now or datetime.now(UTC)
+    return f"{moment:%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """Where the lab is: the hypervisor and the host folder for cells' disks."""
+
+    uri: str = DEFAULT_URI
+    storage_root: Path = DEFAULT_ROOT
+    attempts: int = 2
+
+
+def load_lab_settings(path: Path | None) -> LabSettings:
+    """``configs/lab.yaml``: ``hosts: [{uri: ...}]``, ``storage: /var/lib/compatlab``.
+
+    Only the first host is driven today; placement across hosts is not built yet.
+    """
+    if path is None:
+        return LabSettings()
+    root = load(path, MatrixError).mapping("lab", optional=("hosts", "storage", "attempts"))
+    uri = DEFAULT_URI
+    if "hosts" in root:
+        hosts = root["hosts"].items("hosts")
+        if not hosts:
+            raise root["hosts"].error("hosts must list at least one host")
+        uri = hosts[0].mapping("host", required=("uri",), optional=("name",))["uri"].text("uri")
+    return LabSettings(
+        uri=uri,
+        storage_root=Path(root["storage"].text("storage")) if "storage" in root else DEFAULT_ROOT,
+        attempts=root["attempts"].integer("attempts", minimum=1) if "attempts" in root else 2,
+    )
+
+
+class LabRun:
+    """Runs cells on the lab. One per process; thread-safe first connection."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        worker: str,
+        report_dir: Path,
+        template_dir: Path,
+        settings: LabSettings,
+        progress: Callable[[str, str], None] = lambda cell, phase: None,
+    ) -> None:
+        self.run_id = run_id
+        # Each process (xdist worker) owns its own storage folder and owner.json, so the reaper
+        # can tell whose cells are whose when one worker dies.
+        self.storage_id = f"{run_id}.{worker}"
+        self.report_dir = report_dir
+        self.template_dir = template_dir
+        self.settings = settings
+        self.progress = progress
+        self._lab: LabContext | None = None
+        self._hypervisor: Hypervisor | None = None
+        self._lock = threading.Lock()
+
+    def lab(self) -> LabContext:
+        with self._lock:
+            if self._lab is None:
+                self._lab = self._open()
+            return self._lab
+
+    def _open(self) -> LabContext:
+        hypervisor = Hypervisor(self.settings.uri)
+        hypervisor.open()
+        self._hypervisor = hypervisor
+        report = reap(hypervisor, self.settings.storage_root)
+        if report.removed_anything:
+            log.warning("compatlab: removed what dead runs left behind: %s", report.summary())
+        controller = Controller.current()
+        folder = run_folder(self.settings.storage_root, self.storage_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_run_owner(folder, controller)
+        accelerator = hypervisor.accelerator()
+        return LabContext(
+            hypervisor=hypervisor,
+            accel=accelerator.domain_type,
+            run_id=self.storage_id,
+            storage_root=self.settings.storage_root,
+            template_dir=self.template_dir,
+            report_dir=self.report_dir,
+            iso_cache=self.settings.storage_root / "iso-cache",
+            controller=controller,
+            attempts=self.settings.attempts,
+            progress=self.progress,
+        )
+
+    def run(self, cell: Cell) -> CellResult:
+        """One cell to a verdict. A lab that cannot be reached at all is ``infra_error`` too."""
+        try:
+            lab = self.lab()
+        except LabError as exc:
+            return CellResult(
+                id=cell.id,
+                build=cell.build,
+                hardware=cell.hardware.name,
+                products=cell.product_names,
+                verdict=Verdict.INFRA_ERROR,
+                reason=f"infra error: {exc} -> infra: the lab failed",
+                matrix=str(cell.matrix),
+            )
+        return run_cell(cell, lab)
+
+    def close(self) -> None:
+        """Disconnect and remove this run's (now empty) storage folder."""
+        if self._hypervisor is not None:
+            self._hypervisor.close()
+        folder = self.settings.storage_root / "cells" / self.storage_id
+        if folder.is_dir() and not any(
+            p for p in folder.rglob("*") if p.is_file() and p.name != "owner.json"
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class ReportSink:
+    """Collects cell results in the controller and writes the run's report."""
+
+    def __init__(
+        self, report_dir: Path, run: RunInfo, matrices: Iterable[Matrix], *, resume: bool
+    ) -> None:
+        self.report_dir = report_dir
+        self.writer = (
+            ResultsWriter.resume(report_dir, run) if resume else ResultsWriter(report_dir, run)
+        )
+        self.planned = [
+            PlannedCell(
+                matrix=str(m.path),
+                build=c.build,
+                hardware=c.hardware.name,
+                products=c.product_names,
+            )
+            for m in matrices
+            for c in m.cells
+        ]
+
+    def finished(self) -> set[tuple[str, str]]:
+        return {(c.matrix, c.id) for c in self.writer.cells if c.verdict is not Verdict.INFRA_ERROR}
+
+    def add(self, result: CellResult) -> None:
+        self.writer.add(result)
+
+    def finish(self) -> Path:
+        self.writer.finish(datetime.now(UTC))
+        cells = self.writer.cells
+        write_junit(self.report_dir, self.writer.run, cells)
+        ran = {(c.matrix, c.id) for c in cells}
+        planned = [p for p in self.planned if (p.matrix, p.id) not in ran]
+        return render_html(self.report_dir, self.writer.run, cells, planned=planned)
+
+
+def check_report_dir(path: Path) -> None:
+    """Refuse a report folder that is a file, before anything starts."""
+    if path.exists() and not path.is_dir():
+        raise InputError("--matrix-report must be a folder", file=path)
