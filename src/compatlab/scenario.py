@@ -358,6 +358,8 @@ class _VM:
         elif finding.kind == "reset":
             self.probe.arm()
         if finding.final:
+            # The moment the runner knew: the panic-to-verdict benchmark measures up to here.
+            self._record("scenario", "decided", f"{finding.kind}: {finding.detail}")
             self.probe.disarm()
             self._screenshot(finding.kind)
 
