@@ -172,11 +172,83 @@ def _accel(choice: str, uri: str) -> Accel:
         return "qemu"
 
 
+# -- images build ---------------------------------------------------------------------------------
+
+
+def _add_images(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("images", help="golden images")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    build = verbs.add_parser(
+        "build", help="build the images that have a recipe, and the demo payloads (cached)"
+    )
+    build.add_argument(
+        "--project", type=Path, default=Path.cwd(), help="project folder (default: here)"
+    )
+    build.set_defaults(handler=_images_build)
+
+
+def _images_build(args: argparse.Namespace) -> int:
+    from compatlab.images import BuildStep, build_all
+    from compatlab.matrix import find_project_root
+
+    def report(step: BuildStep) -> None:
+        last = step.output.splitlines()[-1] if step.output else "done"
+        print(f"compatlab: {step.what}: {last} ({step.seconds:.1f} s)", flush=True)
+
+    build_all(find_project_root(args.project), report=report)
+    return EXIT_OK
+
+
+# -- gc -------------------------------------------------------------------------------------------
+
+
+def _add_gc(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "gc", help="remove the VMs and disks that dead runs left behind (never anything else)"
+    )
+    parser.add_argument("--uri", default="qemu:///system", help="libvirt URI")
+    parser.add_argument(
+        "--storage-root", type=Path, default=Path("/var/lib/compatlab"), help="cells' folder root"
+    )
+    parser.add_argument("--quiet", action="store_true", help="say nothing when nothing was left")
+    parser.set_defaults(handler=_gc)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from compatlab.lab.reaper import gc
+
+    report = gc(args.uri, storage_root=args.storage_root)
+    if report.removed_anything or not args.quiet:
+        print(f"compatlab gc: {report.summary()}")
+    return EXIT_LAB if report.errors else EXIT_OK
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "report", help="re-render index.html, evidence pages and junit.xml from results.json"
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from compatlab.report import render_report
+
+    print(f"compatlab: report: {render_report(args.run_dir)}")
+    return EXIT_OK
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 #: Subcommands, in --help order. Add yours here (images build, report, signoff, gc).
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    _add_images,
     _add_xml,
+    _add_report,
+    _add_gc,
 )
 
 
