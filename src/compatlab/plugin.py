@@ -57,6 +57,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "matrix: a check that runs inside every cell of a --matrix run, after the scenario's "
+        "boots; it takes the fixtures guest and cell, and its failure makes the cell "
+        "check_failed",
+    )
     paths = [Path(p) for p in config.getoption("matrix")]
     if not paths:
         return
@@ -87,6 +93,68 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [*config.args, *(a for a in matrix_args if a not in config.args)]
     else:
         config.args = matrix_args
+
+
+@pytest.fixture
+def guest() -> Any:
+    """The channel into the cell's running guest (``run``, ``read_file``, ``write_file``).
+
+    Only a matrix check (a test marked ``@pytest.mark.matrix``) gets a guest, inside each cell
+    of a ``--matrix`` run; anywhere else the test is skipped.
+    """
+    pytest.skip("a matrix check: it runs inside every cell of a --matrix run")
+
+
+@pytest.fixture
+def cell() -> Any:
+    """The :class:`~compatlab.matrix.Cell` a matrix check runs in."""
+    pytest.skip("a matrix check: it runs inside every cell of a --matrix run")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Take the matrix checks out of the normal run: each cell runs them after its boots."""
+    session = config.stash.get(_SESSION, None)
+    if session is None:
+        return
+    checks = [i for i in items if isinstance(i, pytest.Function) and i.get_closest_marker("matrix")]
+    if checks:
+        session.checks = [MatrixCheck.from_item(i) for i in checks]
+        items[:] = [i for i in items if i not in checks]
+        # Counted as deselected: they do not run as items of their own.
+        config.hook.pytest_deselected(items=checks)
+
+
+class MatrixCheck:
+    """A user's check function, called in a cell with ``guest`` and ``cell``."""
+
+    def __init__(self, name: str, function: Any, wants: tuple[str, ...]) -> None:
+        self.name = name
+        self.function = function
+        self.wants = wants
+
+    @classmethod
+    def from_item(cls, item: pytest.Function) -> MatrixCheck:
+        unknown = [a for a in item.fixturenames if a not in ("guest", "cell")]
+        if unknown:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a matrix check takes only the fixtures guest and cell, "
+                f"not {', '.join(unknown)}"
+            )
+        return cls(item.nodeid, item.obj, tuple(item.fixturenames))
+
+    def __call__(self, channel: Any, cell: Cell) -> Any:
+        from compatlab.scenario import CheckOutcome
+
+        given = {"guest": channel, "cell": cell}
+        try:
+            self.function(**{name: given[name] for name in self.wants})
+        except AssertionError as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "assertion failed"
+            return CheckOutcome(self.name, False, detail)
+        except Exception as exc:  # a check's own bug fails the check, not the run
+            return CheckOutcome(self.name, False, f"{type(exc).__name__}: {exc}")
+        return CheckOutcome(self.name, True)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> MatrixFile | None:
@@ -174,6 +242,7 @@ class _Session:
         self.worker = workerinput["workerid"] if workerinput else "main"
         report_option = config.getoption("matrix_report")
         resume = bool(config.getoption("matrix_resume"))
+        self.resume = resume
         if resume and not report_option:
             raise pytest.UsageError("--matrix-resume needs --matrix-report DIR (the run to resume)")
         if workerinput and "compatlab_run_id" in workerinput:
@@ -211,6 +280,7 @@ class _Session:
         self._run: Any = None
         self.sink: Any = None
         self.index: Path | None = None
+        self.checks: list[MatrixCheck] = []
         if workerinput is None:
             self._open_sink(resume)
 
@@ -240,6 +310,7 @@ class _Session:
                 template_dir=self.template_dir,
                 settings=self.settings,
                 progress=_Progress(self.config),
+                checks=lambda channel, cell: [check(channel, cell) for check in self.checks],
             )
         return self._run
 
@@ -312,7 +383,9 @@ class _ControllerHooks:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.session.close()
-        if not session.config.option.collectonly:
+        # No report for a session that ran no cell (collect-only, a collection error), unless
+        # it resumes a run whose report should be brought up to date.
+        if self.session.sink.added or self.session.resume:
             self.session.index = self.session.sink.finish()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

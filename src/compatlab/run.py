@@ -22,13 +22,14 @@ from pathlib import Path
 
 from compatlab._yaml import load
 from compatlab.errors import InputError, LabError, MatrixError
+from compatlab.guest.channel import Channel
 from compatlab.lab.connection import DEFAULT_URI, Hypervisor
 from compatlab.lab.reaper import Controller, reap, run_folder, write_run_owner
 from compatlab.lab.storage import DEFAULT_ROOT
 from compatlab.matrix import Cell, Matrix
 from compatlab.model import CellResult, Verdict
 from compatlab.report import PlannedCell, ResultsWriter, RunInfo, render_html, write_junit
-from compatlab.scenario import LabContext, run_cell
+from compatlab.scenario import CheckOutcome, LabContext, run_cell
 
 __all__ = ["LabRun", "LabSettings", "ReportSink", "load_lab_settings", "new_run_id"]
 
@@ -83,7 +84,9 @@ class LabRun:
         template_dir: Path,
         settings: LabSettings,
         progress: Callable[[str, str], None] = lambda cell, phase: None,
+        checks: Callable[[Channel, Cell], list[CheckOutcome]] = lambda guest, cell: [],
     ) -> None:
+        self.checks = checks
         self.run_id = run_id
         # Each process (xdist worker) owns its own storage folder and owner.json, so the reaper
         # can tell whose cells are whose when one worker dies.
@@ -125,6 +128,7 @@ class LabRun:
             controller=controller,
             attempts=self.settings.attempts,
             progress=self.progress,
+            checks=self.checks,
         )
 
     def run(self, cell: Cell) -> CellResult:
@@ -164,6 +168,7 @@ class ReportSink:
         self.writer = (
             ResultsWriter.resume(report_dir, run) if resume else ResultsWriter(report_dir, run)
         )
+        self.added = 0
         self.planned = [
             PlannedCell(
                 matrix=str(m.path),
@@ -179,6 +184,7 @@ class ReportSink:
         return {(c.matrix, c.id) for c in self.writer.cells if c.verdict is not Verdict.INFRA_ERROR}
 
     def add(self, result: CellResult) -> None:
+        self.added += 1
         self.writer.add(result)
 
     def finish(self) -> Path:

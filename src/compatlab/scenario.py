@@ -47,7 +47,7 @@ from compatlab.matrix import Cell
 from compatlab.model import Boot, Bugcheck, CellResult, CommandRecord, Event, Verdict
 from compatlab.verdict import BootPolicy, BootWatcher, Finding, Observations, decide
 
-__all__ = ["LabContext", "run_cell"]
+__all__ = ["CheckOutcome", "LabContext", "run_cell"]
 
 PAYLOAD_LABEL = "COMPATLAB"
 COMMAND_TIMEOUT = 120.0  # routine commands: mount, health checks
@@ -70,6 +70,17 @@ class LabContext:
     controller: Controller
     attempts: int = 2  # tries for a cell whose lab failed
     progress: Callable[[str, str], None] = field(default=lambda cell, phase: None)
+    # The user's own checks (pytest tests marked ``matrix``), run after the boots.
+    checks: Callable[[Channel, Cell], list[CheckOutcome]] = field(default=lambda guest, cell: [])
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One custom check's result in one cell."""
+
+    name: str
+    passed: bool
+    detail: str = ""
 
 
 class _LabFailed(Exception):
@@ -300,6 +311,7 @@ class _VM:
         failed = self._health_checks("after update")
         failed += self._crash_evidence()
         failed += self._boot_time(baseline_seconds, pre_boots)
+        failed += self._custom_checks()
         self.out.candidate = replace(observed, failed_checks=tuple(failed))
         if failed or not self.with_candidate or not scenario.rollback:
             return
@@ -507,6 +519,16 @@ class _VM:
             }
         )
         return [] if ok else [f"boot time regressed: {worst:.1f} s vs baseline {baseline:.1f} s"]
+
+    def _custom_checks(self) -> list[str]:
+        failed = []
+        for check in self.lab.checks(self.channel, self.cell):
+            self.out.checks.append(
+                {"name": check.name, "passed": check.passed, "detail": check.detail}
+            )
+            if not check.passed:
+                failed.append(f"{check.name}: {check.detail}" if check.detail else check.name)
+        return failed
 
     def _rollback(self, commands: Commands) -> str | None:
         record = self._install(

@@ -35,8 +35,8 @@ def matrices(draw: st.DrawFn) -> dict[str, object]:
     excludes = draw(
         st.lists(
             st.fixed_dictionaries(
-                {}, optional={"build": st.sampled_from(builds), "hardware": st.sampled_from(
-                    hardware)}
+                {},
+                optional={"build": st.sampled_from(builds), "hardware": st.sampled_from(hardware)},
             ).filter(bool),
             max_size=2,
         )
@@ -47,8 +47,13 @@ def matrices(draw: st.DrawFn) -> dict[str, object]:
             max_size=2,
         )
     )
-    return {"builds": builds, "hardware": hardware, "sets": sets, "excludes": excludes,
-            "includes": includes}
+    return {
+        "builds": builds,
+        "hardware": hardware,
+        "sets": sets,
+        "excludes": excludes,
+        "includes": includes,
+    }
 
 
 def _body(m: dict[str, object], strategy: str = "") -> str:

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support.catalogs import make_project, matrix, write
 
 from compatlab.errors import CatalogError, MatrixError
 from compatlab.matrix import load_matrix
+from tests.support.catalogs import make_project, matrix, write
 
 
 @pytest.fixture

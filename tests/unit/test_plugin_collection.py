@@ -47,8 +47,11 @@ def test_k_selects_by_axis_value(pytester: pytest.Pytester, project: Path) -> No
         "--matrix", "matrix/demo.yaml", "--collect-only", "-q", "-k", "uefi-2cpu and edr"
     )
     result.stdout.fnmatch_lines(
-        ["matrix/demo.yaml::lin-a/uefi-2cpu/av+edr", "matrix/demo.yaml::lin-b/uefi-2cpu/av+edr",
-         "2/12 tests collected (10 deselected)*"]
+        [
+            "matrix/demo.yaml::lin-a/uefi-2cpu/av+edr",
+            "matrix/demo.yaml::lin-b/uefi-2cpu/av+edr",
+            "2/12 tests collected (10 deselected)*",
+        ]
     )
 
 
@@ -76,8 +79,10 @@ def test_bad_matrix_is_a_usage_error_with_position(
     result = pytester.runpytest("--matrix", "matrix/bad.yaml", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: *matrix/bad.yaml:11:25: unknown hardware profile 'uefi-2cpux'"
-         " (did you mean 'uefi-2cpu'?)"]
+        [
+            "ERROR: *matrix/bad.yaml:11:25: unknown hardware profile 'uefi-2cpux'"
+            " (did you mean 'uefi-2cpu'?)"
+        ]
     )
 
 
@@ -92,3 +97,71 @@ def test_cells_do_not_pretend_to_pass(pytester: pytest.Pytester, project: Path) 
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) == 0
     assert outcomes.get("skipped", 0) + outcomes.get("failed", 0) + outcomes.get("error", 0) == 6
+
+
+CHECKS = """
+import pytest
+
+@pytest.mark.matrix
+def test_service_runs(guest, cell):
+    assert guest.run("true", timeout=5).exit_code == 0
+
+def test_ordinary():
+    pass
+"""
+
+
+def test_matrix_checks_leave_the_normal_run(pytester: pytest.Pytester, project: Path) -> None:
+    pytester.makepyfile(test_checks=CHECKS)
+    result = pytester.runpytest(
+        "--matrix", "matrix/small.yaml", "test_checks.py", "--collect-only", "-q"
+    )
+    result.stdout.fnmatch_lines(
+        ["test_checks.py::test_ordinary", "7/8 tests collected (1 deselected)*"]
+    )
+    result.stdout.no_fnmatch_line("*test_service_runs*")
+
+
+def test_matrix_check_without_a_matrix_run_is_skipped(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    pytester.makepyfile(test_checks=CHECKS)
+    result = pytester.runpytest("test_checks.py", "-q", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*runs inside every cell of a --matrix run*"])
+
+
+def test_matrix_check_with_other_fixtures_is_a_usage_error(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    pytester.makepyfile(
+        test_checks="""
+        import pytest
+
+        @pytest.mark.matrix
+        def test_needs_tmp(guest, tmp_path):
+            pass
+        """
+    )
+    result = pytester.runpytest("--matrix", "matrix/small.yaml", "test_checks.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*takes only the fixtures guest and cell, not tmp_path*"])
+
+
+def test_matrix_check_outcomes() -> None:
+    from compatlab.plugin import MatrixCheck
+
+    def passes(guest: object, cell: object) -> None:
+        assert guest == "channel" and cell == "the cell"
+
+    def fails(guest: object) -> None:
+        assert guest == "other", "the sensor service is not running"
+
+    def broken(cell: object) -> None:
+        raise KeyError("oops")
+
+    assert MatrixCheck("p", passes, ("guest", "cell"))("channel", "the cell").passed  # type: ignore[arg-type]
+    failed = MatrixCheck("f", fails, ("guest",))("channel", "the cell")  # type: ignore[arg-type]
+    assert not failed.passed and failed.detail.startswith("the sensor service is not running")
+    crashed = MatrixCheck("b", broken, ("cell",))("channel", "the cell")  # type: ignore[arg-type]
+    assert not crashed.passed and crashed.detail == "KeyError: 'oops'"

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import requests
 import winrm.exceptions
-from tests.support.wsman_server import ENVELOPES, ReceivedCommand, RecordedWSManServer, Reply
 
 from compatlab.catalog import Credentials
 from compatlab.errors import GuestError, GuestTimeout, GuestUnreachable
 from compatlab.guest.channel import Channel, clean_clixml, open_channel
 from compatlab.guest.winrm import WinRMChannel, map_winrm_error
+from tests.support.wsman_server import ENVELOPES, ReceivedCommand, RecordedWSManServer, Reply
 
 PASSWORD_ENV = "COMPATLAB_TEST_WINRM_PASSWORD"
 SECRET = "vagrant-s3cret"
