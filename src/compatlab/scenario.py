@@ -52,7 +52,7 @@ __all__ = ["CheckOutcome", "LabContext", "run_cell"]
 PAYLOAD_LABEL = "COMPATLAB"
 COMMAND_TIMEOUT = 120.0  # routine commands: mount, health checks
 INSTALL_TIMEOUT = 900.0  # an installer that runs longer has hung: install_failed
-PING_INTERVAL = 0.5
+PING_INTERVAL = 0.2  # a ping to an agent that is not there yet returns at once
 EVENT_POLL = 0.25  # how long the runner sleeps on the event queue before a tick
 
 
@@ -343,6 +343,8 @@ class _VM:
             event = watch.wait(None, timeout=EVENT_POLL)
             if event is None:
                 event = Event(t=time.monotonic() - self.epoch, source="scenario", kind="tick")
+            elif event.kind == "agent" and event.detail == "connected":
+                self.probe.poke()  # the agent just opened its port: ask now, not at the next poll
             for finding in self.watcher.feed(event):
                 self._on_finding(finding)
 
@@ -384,6 +386,7 @@ class _VM:
         """
         self.probe.disarm()
         self._serial_offset = self._serial_size()
+        self._record("scenario", "reboot_requested", self.channel.name)
         self.channel.reboot()
         end = time.monotonic() + self.cell.scenario.boot_timeout
         self._watch(lambda: not self.watcher.is_up or time.monotonic() >= end)
@@ -643,6 +646,7 @@ class _ReadinessProbe:
         self.machine = machine
         self._armed = threading.Event()
         self._stopped = threading.Event()
+        self._poked = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="compatlab-probe", daemon=True)
         self._thread.start()
 
@@ -652,9 +656,14 @@ class _ReadinessProbe:
     def disarm(self) -> None:
         self._armed.clear()
 
+    def poke(self) -> None:
+        """Ping now instead of at the end of the current wait."""
+        self._poked.set()
+
     def stop(self) -> None:
         self._stopped.set()
         self._armed.set()
+        self._poked.set()
         self._thread.join(timeout=15)
 
     def _loop(self) -> None:
@@ -672,4 +681,5 @@ class _ReadinessProbe:
                     time.monotonic(), "channel", "agent_ready", f"{self.channel.name} answered"
                 )
             else:
-                self._stopped.wait(PING_INTERVAL)
+                self._poked.wait(PING_INTERVAL)
+                self._poked.clear()
