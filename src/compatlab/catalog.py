@@ -101,6 +101,9 @@ class GoldenImage:
     recipe: str | None = None
     variant: str | None = None
     guest: GuestConventions | None = None
+    # UEFI variable store each VM's NVRAM starts from: whose Secure Boot keys are enrolled.
+    # None lets libvirt use the firmware's own template (Microsoft keys with Secure Boot).
+    uefi_vars: Path | None = None
 
     @property
     def conventions(self) -> GuestConventions:
@@ -247,6 +250,7 @@ def parse_image(path: Path) -> GoldenImage:
             "recipe",
             "variant",
             "guest",
+            "uefi_vars",
         ),
     )
     base = path.parent
@@ -306,6 +310,7 @@ def parse_image(path: Path) -> GoldenImage:
         )
     return GoldenImage(
         guest=guest,
+        uefi_vars=_path(e["uefi_vars"], base, "uefi_vars") if "uefi_vars" in e else None,
         name=_name(e["name"], "image name"),
         os_family=os_family,
         build=e["build"].text("build"),

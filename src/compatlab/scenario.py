@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from compatlab.catalog import Commands, ExitCodes
-from compatlab.errors import CompatlabError, GuestError, LabError
+from compatlab.errors import CompatlabError, GuestError, ImageError, LabError
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
 from compatlab.guest.media import cached_iso
@@ -210,6 +210,7 @@ class _VM:
         try:
             self.storage.create()
             self.storage.create_overlay(self.cell.image.disk)
+            self._seed_nvram()
             with Machine(
                 self.lab.hypervisor, self._xml(), self.storage.folder, epoch=self.epoch
             ) as machine:
@@ -614,6 +615,22 @@ class _VM:
             nvram=self.storage.nvram if cell.hardware.firmware == "uefi" else None,
         )
         return render_domain_xml(spec, lab.template_dir)
+
+    def _seed_nvram(self) -> None:
+        """Start the VM's UEFI variables from the image's template (its Secure Boot keys).
+
+        libvirt keeps an NVRAM file that exists at first start; it cannot be told the template
+        itself when it autoselects the firmware (measured with libvirt 9.0).
+        """
+        template = self.cell.image.uefi_vars
+        if template is None or self.cell.hardware.firmware != "uefi":
+            return
+        try:
+            shutil.copyfile(template, self.storage.nvram)
+        except OSError as exc:
+            raise ImageError(
+                f"cannot seed UEFI variables from {template}: {exc}", host=self.lab.hypervisor.host
+            ) from exc
 
     def _channel(self) -> Channel:
         if self.cell.image.channel == "agent":
