@@ -118,7 +118,7 @@ def _add_xml(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _xml(args: argparse.Namespace) -> int:
-    from compatlab.lab.domain import validate_domain_xml
+    from compatlab.lab.domain import find_template_dir, validate_domain_xml
     from compatlab.matrix import find_project_root, load_matrix
 
     project = find_project_root(args.matrix.parent)
@@ -135,7 +135,7 @@ def _xml(args: argparse.Namespace) -> int:
         cell.image,
         cell.hardware,
         cell.id,
-        template_dir=args.templates or _template_dir(project),
+        template_dir=args.templates or find_template_dir(project),
         run_id=args.run_id,
         storage_root=args.storage_root,
         accel=_accel(args.accel, args.uri),
@@ -145,16 +145,6 @@ def _xml(args: argparse.Namespace) -> int:
     if not args.no_validate:
         validate_domain_xml(xml)
     return EXIT_OK
-
-
-def _template_dir(project: Path) -> Path:
-    """The project's templates; else compatlab's own (a matrix repository may not carry them)."""
-    from compatlab.lab.domain import TEMPLATE_NAME
-
-    own = project / "configs" / "templates"
-    if (own / TEMPLATE_NAME).is_file():
-        return own
-    return Path(__file__).resolve().parents[2] / "configs" / "templates"
 
 
 def _accel(choice: str, uri: str) -> Accel:

@@ -275,8 +275,10 @@ class _Session:
                 for c in old.cells
                 if c.verdict is not Verdict.INFRA_ERROR
             }
+        from compatlab.lab.domain import find_template_dir
+
         first = next(iter(matrices.values()))
-        self.template_dir = find_project_root(first.path.parent) / "configs" / "templates"
+        self.template_dir = find_template_dir(find_project_root(first.path.parent))
         self._run: Any = None
         self.sink: Any = None
         self.index: Path | None = None

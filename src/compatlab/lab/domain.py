@@ -190,6 +190,15 @@ def _environment(template_dir: Path) -> jinja2.Environment:
     )
 
 
+def find_template_dir(project: Path) -> Path:
+    """The project's ``configs/templates``; else compatlab's own (a matrix repository may not
+    carry templates)."""
+    own = project / "configs" / "templates"
+    if (own / TEMPLATE_NAME).is_file():
+        return own
+    return Path(__file__).resolve().parents[3] / "configs" / "templates"
+
+
 def render_domain_xml(spec: DomainSpec, template_dir: Path) -> str:
     """The domain XML for ``spec`` from ``template_dir/domain.xml.j2``.
 
