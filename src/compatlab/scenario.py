@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import tenacity
+
 from compatlab.catalog import Commands, ExitCodes
 from compatlab.errors import CompatlabError, GuestError, ImageError, LabError
 from compatlab.guest.agent import AgentChannel
@@ -69,6 +71,7 @@ class LabContext:
     iso_cache: Path
     controller: Controller
     attempts: int = 2  # tries for a cell whose lab failed
+    retry_wait: float = 2.0  # seconds between them: a restarting libvirtd needs a moment
     progress: Callable[[str, str], None] = field(default=lambda cell, phase: None)
     # The user's own checks (pytest tests marked ``matrix``), run after the boots.
     checks: Callable[[Channel, Cell], list[CheckOutcome]] = field(default=lambda guest, cell: [])
@@ -109,20 +112,29 @@ def run_cell(cell: Cell, lab: LabContext) -> CellResult:
     started = time.monotonic()
     evidence = lab.report_dir / "cells" / cell_slug(cell.id)
     attempts = 0
+
+    def attempt() -> _Outcome:
+        nonlocal attempts
+        attempts += 1
+        return _VM(cell, lab, evidence, with_candidate=True).run()
+
+    def tell(state: tenacity.RetryCallState) -> None:
+        failed = state.outcome.exception() if state.outcome else None
+        lab.progress(cell.id, f"lab failed ({failed}); trying again on a fresh VM")
+
     outcome: _Outcome | None = None
     reason = ""
-    while attempts < lab.attempts and outcome is None:
-        attempts += 1
-        try:
-            outcome = _VM(cell, lab, evidence, with_candidate=True).run()
-        except _LabFailed as failed:
-            reason = failed.reason
-            lab.progress(
-                cell.id,
-                f"lab failed ({failed.reason}); attempt {attempts + 1}"
-                if attempts < lab.attempts
-                else f"lab failed ({failed.reason})",
-            )
+    try:
+        # Only _LabFailed is retried: the lab failed and no failure of the guest was seen.
+        outcome = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(lab.attempts),
+            retry=tenacity.retry_if_exception_type(_LabFailed),
+            wait=tenacity.wait_fixed(lab.retry_wait),
+            before_sleep=tell,
+            reraise=True,
+        )(attempt)
+    except _LabFailed as failed:
+        reason = failed.reason
     if outcome is None:
         return CellResult(
             id=cell.id,
