@@ -13,6 +13,9 @@ Where a cell's time goes is read from its own results.json timeline:
 - compatlab's overhead: the rest -- provisioning (overlay, define, start), media changes,
   power cycles of crashed guests, evidence, and the runner's own bookkeeping.
 
+Boot to agent-ready, per build and hardware profile (the figure scenario budgets are set with):
+the medians of the completed boots' seconds, cold start (first boot of a fresh VM) and reboots.
+
 Panic-to-verdict: for each cell whose boot loop was decided, the time from the arrival of the
 last QMP ``GUEST_PANICKED`` event to the scenario's ``decided`` record (both on the runner's
 monotonic clock). The QMP event itself arrives 2-3 ms after QEMU's own timestamp
@@ -121,8 +124,26 @@ def analyse(run_dir: Path, wall: float | None) -> dict[str, Any]:
     latencies = [c["panic_to_verdict_ms"] for c in cells if "panic_to_verdict_ms" in c]
     first_vm = sum(c["first_vm_seconds"] for c in cells)
     overhead = sum(c["overhead_seconds"] for c in cells)
+    boot_to_agent: dict[str, dict[str, Any]] = {}
+    for cell in doc["cells"]:
+        key = f"{cell['build']}/{cell['hardware']}"
+        entry = boot_to_agent.setdefault(key, {"cold": [], "reboot": []})
+        for boot in cell["boots"]:
+            if boot["outcome"] == "completed":
+                entry["cold" if boot.get("phase") == "provision" else "reboot"].append(
+                    boot["seconds"]
+                )
+    boot_table = {
+        key: {
+            "cold_start_median_s": round(statistics.median(v["cold"]), 2) if v["cold"] else None,
+            "reboot_median_s": round(statistics.median(v["reboot"]), 2) if v["reboot"] else None,
+            "samples": len(v["cold"]) + len(v["reboot"]),
+        }
+        for key, v in sorted(boot_to_agent.items())
+    }
     return {
         "run_dir": str(run_dir),
+        "boot_to_agent_ready": boot_table,
         "cells": len(cells),
         "wall_seconds": round(wall, 1) if wall is not None else None,
         "cell_seconds_total": round(sum(c["seconds"] for c in cells), 1),
