@@ -189,6 +189,11 @@ def main() -> None:
             if share is not None
             else ""
         )
+    for key, row in data["boot_to_agent_ready"].items():
+        print(
+            f"boot to agent {key:36} cold {row['cold_start_median_s']} s, "
+            f"reboot {row['reboot_median_s']} s"
+        )
     print(
         f"wall {data['wall_seconds']} s; overhead {data['overhead_share_overall']:.1%} overall; "
         f"panic->verdict median {data['panic_to_verdict_ms_median']} ms"
