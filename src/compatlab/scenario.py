@@ -35,6 +35,7 @@ from pathlib import Path
 import tenacity
 
 from compatlab.catalog import Commands, ExitCodes
+from compatlab.checks.windows import WindowsEvidence, crash_evidence, findings
 from compatlab.errors import CompatlabError, GuestError, ImageError, LabError
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
@@ -214,6 +215,7 @@ class _VM:
         self.watcher = BootWatcher(self.policy, phase="provision")
         self._rollback_boots: tuple[Boot, ...] = ()
         self._shutdown_hang: str | None = None
+        self._windows_baseline: WindowsEvidence | None = None
         self._serial_offset = 0
 
     # -- the runbook ------------------------------------------------------------------------
@@ -287,6 +289,12 @@ class _VM:
             return
         baseline_seconds = self.watcher.boots[-1].seconds
         failed = self._health_checks("baseline")
+        if self.cell.os_family == "windows":
+            # What a clean boot of this image already logs (e.g. 7026 for 'dam' on every
+            # boot), so that only what came after counts as crash evidence.
+            self._windows_baseline = crash_evidence(
+                self.channel, since=None, domain=self.machine.name
+            )
         if failed:
             self.out.pre_install = replace(self._observed(), failed_checks=tuple(failed))
             return
@@ -512,9 +520,28 @@ class _VM:
         return failed
 
     def _crash_evidence(self) -> list[str]:
-        """A panic in the serial log that the hypervisor never reported (no pvpanic driver)."""
-        if self.watcher.crashes or self.cell.os_family != "linux":
+        """Crash evidence from inside the guest that the hypervisor did not report.
+
+        Linux: a panic in the serial log (a kernel without the pvpanic driver panics silently).
+        Windows: event log 41/6008/1001/7000/7026 and dumps since the baseline boot. Skipped
+        when the watcher saw crashes: the lab's own power cycles leave such traces too.
+        """
+        if self.watcher.crashes:
             return []
+        if self.cell.os_family == "windows":
+            baseline = self._windows_baseline
+            seen = crash_evidence(
+                self.channel, since=baseline.now if baseline else None, domain=self.machine.name
+            )
+            lines = findings(seen, baseline=baseline)
+            self.out.checks.append(
+                {
+                    "name": "no crash evidence in the Windows event log",
+                    "passed": not lines,
+                    "detail": "; ".join(lines),
+                }
+            )
+            return [f"crash evidence: {line}" for line in lines]
         panic = parse_linux_panic(self._serial_text(0))
         ok = panic is None
         self.out.checks.append({"name": "no kernel panic in the serial log", "passed": ok})
