@@ -29,7 +29,7 @@ from compatlab.lab.storage import DEFAULT_ROOT
 from compatlab.matrix import Cell, Matrix
 from compatlab.model import CellResult, Verdict
 from compatlab.report import PlannedCell, ResultsWriter, RunInfo, render_html, write_junit
-from compatlab.scenario import CheckOutcome, LabContext, run_cell
+from compatlab.scenario import CheckOutcome, LabContext, infra_error_result, run_cell
 
 __all__ = ["LabRun", "LabSettings", "ReportSink", "load_lab_settings", "new_run_id"]
 
@@ -136,15 +136,7 @@ class LabRun:
         try:
             lab = self.lab()
         except LabError as exc:
-            return CellResult(
-                id=cell.id,
-                build=cell.build,
-                hardware=cell.hardware.name,
-                products=cell.product_names,
-                verdict=Verdict.INFRA_ERROR,
-                reason=f"infra error: {exc} -> infra: the lab failed",
-                matrix=str(cell.matrix),
-            )
+            return infra_error_result(cell, str(exc))
         return run_cell(cell, lab)
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ from compatlab.matrix import Cell
 from compatlab.model import Boot, Bugcheck, CellResult, CommandRecord, Event, Verdict
 from compatlab.verdict import BootPolicy, BootWatcher, Finding, Observations, decide
 
-__all__ = ["CheckOutcome", "LabContext", "run_cell"]
+__all__ = ["CheckOutcome", "LabContext", "infra_error_result", "run_cell"]
 
 PAYLOAD_LABEL = "COMPATLAB"
 COMMAND_TIMEOUT = 120.0  # routine commands: mount, health checks
@@ -137,17 +137,8 @@ def run_cell(cell: Cell, lab: LabContext) -> CellResult:
     except _LabFailed as failed:
         reason = failed.reason
     if outcome is None:
-        return CellResult(
-            id=cell.id,
-            build=cell.build,
-            hardware=cell.hardware.name,
-            products=cell.product_names,
-            verdict=Verdict.INFRA_ERROR,
-            attribution=decide(Observations(infra_error=reason)).attribution,
-            reason=decide(Observations(infra_error=reason)).reason,
-            seconds=time.monotonic() - started,
-            matrix=str(cell.matrix),
-            attempts=attempts,
+        return infra_error_result(
+            cell, reason, seconds=time.monotonic() - started, attempts=attempts
         )
 
     rerun = None
@@ -186,6 +177,25 @@ def run_cell(cell: Cell, lab: LabContext) -> CellResult:
         reason=decision.reason,
         commands=outcome.commands,
         checks=outcome.checks,
+        matrix=str(cell.matrix),
+        attempts=attempts,
+    )
+
+
+def infra_error_result(
+    cell: Cell, reason: str, *, seconds: float = 0.0, attempts: int = 0
+) -> CellResult:
+    """The result of a cell the lab could not run: ``infra_error``, attributed to ``infra``."""
+    decision = decide(Observations(infra_error=reason))
+    return CellResult(
+        id=cell.id,
+        build=cell.build,
+        hardware=cell.hardware.name,
+        products=cell.product_names,
+        verdict=decision.verdict,
+        attribution=decision.attribution,
+        reason=decision.reason,
+        seconds=seconds,
         matrix=str(cell.matrix),
         attempts=attempts,
     )
