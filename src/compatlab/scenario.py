@@ -23,9 +23,7 @@ reported as ``infra_error``. A crash seen after the candidate was installed is n
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,18 +34,20 @@ import tenacity
 
 from compatlab.catalog import Commands, ExitCodes
 from compatlab.checks.windows import WindowsEvidence, crash_evidence, findings
-from compatlab.errors import CompatlabError, GuestError, ImageError, LabError
+from compatlab.errors import GuestError, ImageError, LabError
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
 from compatlab.guest.media import cached_iso
+from compatlab.guest.readiness import ReadinessProbe
 from compatlab.lab.connection import Hypervisor
 from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml
+from compatlab.lab.evidence import CellEvidence
 from compatlab.lab.machine import Machine
-from compatlab.lab.panic import find_hyperv_panic, parse_linux_panic
+from compatlab.lab.panic import parse_linux_panic
 from compatlab.lab.reaper import CellMetadata, Controller
 from compatlab.lab.storage import CellStorage, cell_slug
 from compatlab.matrix import Cell
-from compatlab.model import Boot, Bugcheck, CellResult, CommandRecord, Event, Verdict
+from compatlab.model import Boot, CellResult, CommandRecord, Event, Verdict
 from compatlab.verdict import BootPolicy, BootWatcher, Finding, Observations, decide
 
 __all__ = ["CheckOutcome", "LabContext", "infra_error_result", "run_cell"]
@@ -55,7 +55,6 @@ __all__ = ["CheckOutcome", "LabContext", "infra_error_result", "run_cell"]
 PAYLOAD_LABEL = "COMPATLAB"
 COMMAND_TIMEOUT = 120.0  # routine commands: mount, health checks
 INSTALL_TIMEOUT = 900.0  # an installer that runs longer has hung: install_failed
-PING_INTERVAL = 0.2  # a ping to an agent that is not there yet returns at once
 EVENT_POLL = 0.25  # how long the runner sleeps on the event queue before a tick
 
 
@@ -207,7 +206,7 @@ class _VM:
     def __init__(self, cell: Cell, lab: LabContext, evidence: Path, *, with_candidate: bool):
         self.cell = cell
         self.lab = lab
-        self.evidence = evidence
+        self.evidence_folder = evidence
         self.with_candidate = with_candidate
         self.label = "candidate" if with_candidate else "rerun"
         self.epoch = time.monotonic()
@@ -239,15 +238,18 @@ class _VM:
                 self.lab.hypervisor, self._xml(), self.storage.folder, epoch=self.epoch
             ) as machine:
                 self.machine = machine
+                self.evidence = CellEvidence(
+                    self.storage, machine, self.evidence_folder, self.lab.report_dir
+                )
                 self.channel = self._channel()
-                self.probe = _ReadinessProbe(self.channel, machine)
+                self.probe = ReadinessProbe(self.channel, machine)
                 try:
                     self._runbook()
                 finally:
                     self.probe.stop()
                     self.out.events = machine.watch.timeline.snapshot()
                     self.out.boots = [*self.watcher.boots, *self._rollback_boots]
-                    self._keep_evidence()
+                    self.out.artifacts.update(self.evidence.keep())
         except (LabError, GuestError) as exc:
             if self.candidate_installed and self._guest_failed():
                 # The update already failed; the lab's later trouble does not change that.
@@ -381,12 +383,12 @@ class _VM:
 
     def _on_finding(self, finding: Finding) -> None:
         if finding.kind == "boot_completed":
-            self._serial_offset = self._serial_size()
+            self._serial_offset = self.evidence.serial_size()
             return
         if finding.kind == "crash":
             self.probe.disarm()
-            self._screenshot(f"crash-{self.watcher.crashes}")
-            bugcheck = self._bugcheck()
+            self.evidence.screenshot(f"crash-{self.watcher.crashes}")
+            bugcheck = self.evidence.bugcheck(self.cell.os_family, self._serial_offset)
             if bugcheck is not None:
                 self._record(
                     "serial" if bugcheck.code == "panic" else "domain-log",
@@ -406,7 +408,7 @@ class _VM:
             # The moment the runner knew: the panic-to-verdict benchmark measures up to here.
             self._record("scenario", "decided", f"{finding.kind}: {finding.detail}")
             self.probe.disarm()
-            self._screenshot(finding.kind)
+            self.evidence.screenshot(finding.kind)
 
     def _reboot(self) -> None:
         """Ask the guest to reboot and wait until the hypervisor sees it go down.
@@ -416,7 +418,7 @@ class _VM:
         its shutdown (a driver can do that): recorded as a hang, and the boot is over.
         """
         self.probe.disarm()
-        self._serial_offset = self._serial_size()
+        self._serial_offset = self.evidence.serial_size()
         self._record("scenario", "reboot_requested", self.channel.name)
         self.channel.reboot()
         end = time.monotonic() + self.cell.scenario.boot_timeout
@@ -425,7 +427,7 @@ class _VM:
             self._shutdown_hang = (
                 f"no reset within {self.cell.scenario.boot_timeout:g} s of a reboot request"
             )
-            self._screenshot("shutdown-hang")
+            self.evidence.screenshot("shutdown-hang")
             return
         self.probe.arm()
 
@@ -552,7 +554,7 @@ class _VM:
                 }
             )
             return [f"crash evidence: {line}" for line in lines]
-        panic = parse_linux_panic(self._serial_text(0))
+        panic = parse_linux_panic(self.evidence.serial_text(0))
         ok = panic is None
         self.out.checks.append({"name": "no kernel panic in the serial log", "passed": ok})
         return [] if ok else [f"the serial log shows a panic: {panic.name}"]  # type: ignore[union-attr]
@@ -607,46 +609,6 @@ class _VM:
             self.watcher = main
             self._rollback_boots = rollback.boots
 
-    # -- evidence ---------------------------------------------------------------------------
-
-    def _bugcheck(self) -> Bugcheck | None:
-        if self.cell.os_family == "windows":
-            return find_hyperv_panic(self.machine.domain_log())
-        return parse_linux_panic(self._serial_text(self._serial_offset))
-
-    def _serial_size(self) -> int:
-        try:
-            return self.storage.serial_log.stat().st_size
-        except OSError:
-            return 0
-
-    def _serial_text(self, offset: int) -> str:
-        try:
-            with self.storage.serial_log.open("rb") as handle:
-                handle.seek(offset)
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def _screenshot(self, name: str) -> None:
-        # Evidence is best effort: a missing screenshot must not hide the verdict.
-        with contextlib.suppress(CompatlabError):
-            self.machine.screenshot(self.storage.screenshot(name))
-
-    def _keep_evidence(self) -> None:
-        """Copy what the report shows out of the cell folder before the VM is removed."""
-        self.evidence.mkdir(parents=True, exist_ok=True)
-        relative = self.evidence.relative_to(self.lab.report_dir).as_posix()
-        if self.storage.serial_log.exists():
-            shutil.copyfile(self.storage.serial_log, self.evidence / "serial.log")
-            self.out.artifacts["serial_log"] = f"{relative}/serial.log"
-        shots = sorted(self.storage.screenshots.glob("*.png"), key=lambda p: p.stat().st_mtime)
-        for shot in shots:
-            shutil.copyfile(shot, self.evidence / shot.name)
-        if shots:
-            # The last one is the state the cell ended in (the crash or the hang screen).
-            self.out.artifacts["screenshot"] = f"{relative}/{shots[-1].name}"
-
     # -- plumbing ---------------------------------------------------------------------------
 
     def _xml(self) -> str:
@@ -697,55 +659,3 @@ class _VM:
 
     def _record(self, source: str, kind: str, detail: str = "", **data: str) -> None:
         self.machine.watch.record(time.monotonic(), source, kind, detail, **data)
-
-
-class _ReadinessProbe:
-    """Pings the guest channel on its own thread while a boot is in progress.
-
-    A boot counts as complete only when the channel answers after the last reset; the answer
-    goes onto the domain's event queue as ``agent_ready``, so the runner learns of it the same
-    way it learns of a crash -- and a ping that blocks never delays acting on a crash.
-    """
-
-    def __init__(self, channel: Channel, machine: Machine) -> None:
-        self.channel = channel
-        self.machine = machine
-        self._armed = threading.Event()
-        self._stopped = threading.Event()
-        self._poked = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="compatlab-probe", daemon=True)
-        self._thread.start()
-
-    def arm(self) -> None:
-        self._armed.set()
-
-    def disarm(self) -> None:
-        self._armed.clear()
-
-    def poke(self) -> None:
-        """Ping now instead of at the end of the current wait."""
-        self._poked.set()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._armed.set()
-        self._poked.set()
-        self._thread.join(timeout=15)
-
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
-            self._armed.wait()
-            if self._stopped.is_set():
-                return
-            try:
-                answered = self.channel.ping(2.0)
-            except CompatlabError:
-                answered = False
-            if answered and self._armed.is_set():
-                self._armed.clear()
-                self.machine.watch.record(
-                    time.monotonic(), "channel", "agent_ready", f"{self.channel.name} answered"
-                )
-            else:
-                self._poked.wait(PING_INTERVAL)
-                self._poked.clear()
