@@ -1,8 +1,9 @@
-"""Read a matrix file, validate it against the catalog, and expand it into cells.
+"""Read a matrix file and validate it against the catalog; ``load_matrix`` expands it into cells.
 
-Everything wrong with the input is found here, before any VM is touched, and reported with the
-file, line and column of the offending value. Expansion is deterministic: the same files give the
-same cells in the same order on every machine and every xdist worker.
+Everything wrong with the input is found here, before any VM is touched (what only a whole cell
+can break, in :mod:`compatlab.matrix.expand`), and reported with the file, line and column of the
+offending value. Expansion is deterministic: the same files give the same cells in the same order
+on every machine and every xdist worker.
 
 Semantics, by key:
 
@@ -23,10 +24,9 @@ Semantics, by key:
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,12 +36,19 @@ from compatlab.catalog import (
     Catalog,
     Commands,
     OsFamily,
-    Product,
     load_catalog,
     parse_exit_codes,
 )
 from compatlab.errors import MatrixError
-from compatlab.matrix.model import Candidate, Cell, Matrix, ScenarioSettings, Strategy, cell_id
+from compatlab.matrix.expand import (
+    CellMaker,
+    Include,
+    apply_include,
+    combination_of,
+    combinations,
+    rows_of,
+)
+from compatlab.matrix.model import Candidate, Matrix, ScenarioSettings, Strategy
 from compatlab.matrix.rules import (
     Axis,
     AxisIn,
@@ -55,18 +62,6 @@ from compatlab.matrix.rules import (
 __all__ = ["CatalogCache", "load_matrix"]
 
 CatalogCache = dict[tuple[Path, Path, Path], Catalog]
-
-
-@dataclass(slots=True)
-class _Row:
-    """A cell while includes are applied: its combination (if generated) and its settings."""
-
-    build: str
-    hardware: str
-    products: tuple[str, ...]
-    slots: dict[str, str | None] | None
-    overrides: dict[str, Node] = field(default_factory=dict)
-    origin: Node | None = None  # the include entry that created it, for error positions
 
 
 def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None = None) -> Matrix:
@@ -86,7 +81,7 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
     candidate, command_nodes = _candidate(top["candidate"], path.parent)
     scenario = ScenarioSettings()
     if "scenario" in top:
-        scenario = _scenario(_scenario_nodes(top["scenario"]), scenario)
+        scenario = replace(scenario, **_scenario_overrides(top["scenario"]))
     space, value_nodes = _axes(top["axes"], catalog)
     excludes = (
         [
@@ -102,34 +97,20 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
         else []
     )
     rules = [*constraints, *(Constraint(Clause(()), None, ex, ex.line) for ex in excludes)]
-
-    def allowed(assignment: Mapping[int, int]) -> bool:
-        return not any(rule.violated(assignment) is True for rule in rules)
-
     strategy, seeds = _strategy(top.get("strategy"), space, catalog, path.parent)
-    if strategy.kind == "full":
-        combos = (
-            [c for c in itertools.product(*map(range, space.sizes)) if allowed(dict(enumerate(c)))]
-            if rules
-            else list(itertools.product(*map(range, space.sizes)))
-        )
-    else:
-        from compatlab.matrix.pairwise import covering_array
-
-        try:
-            combos = covering_array(space.sizes, strategy.strength, strategy.seed, allowed, seeds)
-        except ValueError as exc:
-            raise top["strategy"].error(f"cannot seed the pairwise array: {exc}") from exc
-
-    rows = _rows(space, combos)
+    try:
+        combos = combinations(space, strategy, rules, seeds)
+    except ValueError as exc:  # only a pairwise array raises it, when its seeds cannot be used
+        raise top["strategy"].error(f"cannot seed the pairwise array: {exc}") from exc
+    rows = rows_of(space, combos)
     if "include" in top:
         for entry in top["include"].items("include"):
-            _apply_include(entry, rows, space, catalog, constraints, allowed)
+            apply_include(_include(entry, space, catalog), rows, space, constraints)
     if not rows:
         where = top.get("constraints") or top.get("exclude") or top["axes"]
         raise where.error("the axes, excludes and constraints leave no cell to run")
 
-    make = _CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes)
+    make = CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes)
     cells = tuple(make(row) for row in rows)
     return Matrix(path, candidate, strategy, scenario, catalog, cells)
 
@@ -198,16 +179,22 @@ def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
 _SCENARIO_KEYS = {f.name for f in fields(ScenarioSettings)}
 
 
-def _scenario_nodes(node: Node) -> dict[str, Node]:
-    """The entries of a ``scenario`` mapping, each value checked for its type."""
+def _scenario_overrides(node: Node) -> dict[str, Any]:
+    """The settings a ``scenario`` mapping sets, each value checked for its type."""
     entries = node.mapping("scenario", optional=sorted(_SCENARIO_KEYS))
-    for key, value in entries.items():
-        _scenario_value(key, value)
-    return entries
+    return {key: _scenario_value(key, value) for key, value in entries.items()}
 
 
-def _scenario(overrides: Mapping[str, Node], base: ScenarioSettings) -> ScenarioSettings:
-    return replace(base, **{k: _scenario_value(k, v) for k, v in overrides.items()})
+def _scenario_value(key: str, value: Node) -> Any:
+    if key in ("boots", "boot_loop"):
+        return value.integer(key, minimum=1)
+    if key in ("boot_timeout", "bake"):
+        return value.number(key, minimum=0)
+    if key == "boot_regression":
+        return None if value.is_null() else value.number(key, minimum=1)
+    if key == "baseline":
+        return value.choice(("always", "on_failure", "never"), "baseline")
+    return value.flag(key)
 
 
 def _names(node: Node, known: Mapping[str, object], what: str) -> list[tuple[str, Node]]:
@@ -313,17 +300,6 @@ def _axis_in(space: Space, key: str, indices: frozenset[int]) -> AxisIn:
     return AxisIn(axis, indices, key, by_value)
 
 
-def _decoded(row: _Row) -> dict[str, object]:
-    cell: dict[str, object] = {
-        "build": row.build,
-        "hardware": row.hardware,
-        "products": frozenset(row.products),
-    }
-    for slot, value in (row.slots or {}).items():
-        cell[f"products.{slot}"] = value
-    return cell
-
-
 def _clause(node: Node, space: Space, catalog: Catalog, *, membership: bool, what: str) -> Clause:
     entry = node.mapping(what, optional=("build", "hardware", "products"))
     if not entry:
@@ -391,6 +367,32 @@ def _constraint(node: Node, space: Space, catalog: Catalog) -> Constraint:
     return Constraint(part("if") or Clause(()), part("then"), part("then_not"), node.line)
 
 
+def _include(node: Node, space: Space, catalog: Catalog) -> Include:
+    entry = node.mapping("include entry", optional=("build", "hardware", "products", "scenario"))
+    overrides = _scenario_overrides(entry["scenario"]) if "scenario" in entry else {}
+    build = _known(entry["build"], catalog.images, "build") if "build" in entry else None
+    hardware = (
+        _known(entry["hardware"], catalog.hardware, "hardware") if "hardware" in entry else None
+    )
+    products: tuple[str, ...] | None = None
+    slots: dict[str, str | None] | None = None
+    if "products" in entry:
+        p = entry["products"]
+        if space.product_mode == "slots":
+            slots = {}
+            for slot, value in p.mapping("products", optional=None).items():
+                if f"products.{slot}" not in (a.key for a in space.axes):
+                    raise value.error(f"unknown products slot '{slot}'")
+                slots[slot] = (
+                    None
+                    if value.value in ("none", None)
+                    else _known(value, catalog.products, "product")
+                )
+        else:
+            products = _product_set(p, catalog)
+    return Include(node, entry, build, hardware, products, slots, overrides)
+
+
 def _strategy(
     node: Node | None, space: Space, catalog: Catalog, base: Path
 ) -> tuple[Strategy, list[list[int | None]]]:
@@ -438,7 +440,7 @@ def _previous_rows(node: Node, base: Path, space: Space) -> list[list[int | None
         raise node.error(f"cannot read previous results {path}: {exc}") from exc
     rows: list[list[int | None]] = []
     for cell in cells:
-        row = _row_for(
+        row = combination_of(
             space,
             str(cell.get("build")),
             str(cell.get("hardware")),
@@ -447,221 +449,3 @@ def _previous_rows(node: Node, base: Path, space: Space) -> list[list[int | None
         if row is not None and row not in rows:
             rows.append(row)
     return rows
-
-
-def _row_for(
-    space: Space, build: str, hardware: str, products: tuple[str, ...]
-) -> list[int | None] | None:
-    row: list[int | None] = []
-    for axis in space.axes:
-        if axis.key == "build":
-            value: object = build
-        elif axis.key == "hardware":
-            value = hardware
-        elif axis.key == "products":
-            value = next(
-                (v for v in axis.values if set(cast(tuple[str, ...], v)) == set(products)), "\0"
-            )
-        else:
-            present = [v for v in axis.values if v in products]
-            value = present[0] if len(present) == 1 else (None if not present else "\0")
-        if value not in axis.values:
-            return None
-        row.append(axis.values.index(value))
-    if space.product_mode == "slots" and set(space.products_of(cast(list[int], row))) != set(
-        products
-    ):
-        return None
-    return row
-
-
-# -- includes and cells --------------------------------------------------------------------------
-
-
-def _rows(space: Space, combos: Sequence[Sequence[int]]) -> list[_Row]:
-    """Combinations -> rows, by value. Lookups are precomputed: this runs once per cell."""
-    builds = space.axes[space.index("build")].values
-    hardware = space.axes[space.index("hardware")].values
-    b, h = space.index("build"), space.index("hardware")
-    product_axes = space.product_axes
-    slot_names = [space.axes[i].key.partition(".")[2] for i in product_axes]
-    products_cache: dict[tuple[int, ...], tuple[str, ...]] = {}
-    rows = []
-    for combo in combos:
-        key = tuple(combo[i] for i in product_axes)
-        products = products_cache.get(key)
-        if products is None:
-            products = products_cache[key] = space.products_of(combo)
-        slots = None
-        if space.product_mode == "slots":
-            slots = {
-                name: cast(str | None, space.axes[i].values[combo[i]])
-                for name, i in zip(slot_names, product_axes, strict=True)
-            }
-        rows.append(
-            _Row(cast(str, builds[combo[b]]), cast(str, hardware[combo[h]]), products, slots)
-        )
-    return rows
-
-
-def _apply_include(
-    node: Node,
-    rows: list[_Row],
-    space: Space,
-    catalog: Catalog,
-    constraints: list[Constraint],
-    allowed: Callable[[Mapping[int, int]], bool],
-) -> None:
-    entry = node.mapping("include entry", optional=("build", "hardware", "products", "scenario"))
-    overrides = _scenario_nodes(entry["scenario"]) if "scenario" in entry else {}
-    build = _known(entry["build"], catalog.images, "build") if "build" in entry else None
-    hardware = (
-        _known(entry["hardware"], catalog.hardware, "hardware") if "hardware" in entry else None
-    )
-    want_set: frozenset[str] | None = None
-    want_slots: dict[str, str | None] | None = None
-    if "products" in entry:
-        p = entry["products"]
-        if space.product_mode == "slots":
-            want_slots = {}
-            for slot, value in p.mapping("products", optional=None).items():
-                if f"products.{slot}" not in (a.key for a in space.axes):
-                    raise value.error(f"unknown products slot '{slot}'")
-                want_slots[slot] = (
-                    None
-                    if value.value in ("none", None)
-                    else _known(value, catalog.products, "product")
-                )
-        else:
-            want_set = frozenset(_product_set(p, catalog))
-
-    matched = False
-    for row in rows:
-        if build is not None and row.build != build:
-            continue
-        if hardware is not None and row.hardware != hardware:
-            continue
-        if want_set is not None and frozenset(row.products) != want_set:
-            continue
-        if want_slots is not None and any(
-            (row.slots or {}).get(k) != v for k, v in want_slots.items()
-        ):
-            continue
-        row.overrides.update(overrides)
-        matched = True
-    if matched:
-        return
-    missing = [k for k in ("build", "hardware", "products") if k not in entry]
-    if missing:
-        raise node.error(
-            f"include entry matches no cell, so it adds one, but it does not name "
-            f"{' and '.join(missing)}"
-        )
-    assert build is not None and hardware is not None
-    if want_slots is not None:
-        slot_names = [a.key.split(".", 1)[1] for a in space.axes if "." in a.key]
-        absent = [s for s in slot_names if s not in want_slots]
-        if absent:
-            raise entry["products"].error(f"a new cell needs every slot; missing: {absent}")
-        products = tuple(dict.fromkeys(v for s in slot_names if (v := want_slots[s])))
-    else:
-        products = _product_set(entry["products"], catalog)
-    new = _Row(build, hardware, products, want_slots, dict(overrides), node)
-    # Constraints are absolute, excludes are not (an include may bring an excluded cell back).
-    broken = next((c for c in constraints if c.broken_by(_decoded(new))), None)
-    if broken is not None:
-        raise node.error(
-            f"include entry adds a cell that breaks the constraint at line {broken.line}"
-        )
-    rows.append(new)
-
-
-class _CellMaker:
-    """Rows -> validated cells. Each check runs once per distinct pair, not once per cell."""
-
-    def __init__(
-        self,
-        path: Path,
-        catalog: Catalog,
-        candidate: Candidate,
-        scenario: ScenarioSettings,
-        value_nodes: list[list[Node]],
-        command_nodes: dict[str, Node],
-    ) -> None:
-        self.path = path
-        self.catalog = catalog
-        self.candidate = candidate
-        self.scenario = scenario
-        self.value_nodes = value_nodes
-        self.command_nodes = command_nodes
-        self._machines: set[tuple[str, str]] = set()
-        self._products: dict[tuple[OsFamily, tuple[str, ...]], tuple[Product, ...]] = {}
-
-    def __call__(self, row: _Row) -> Cell:
-        image = self.catalog.images[row.build]
-        hardware = self.catalog.hardware[row.hardware]
-        if (row.build, row.hardware) not in self._machines:
-            if hardware.firmware not in image.firmware:
-                raise self._where(row, 0, row.build).error(
-                    f"cell {self._id(row)}: image '{image.name}' boots with "
-                    f"{'/'.join(sorted(image.firmware))}, but hardware '{hardware.name}' has "
-                    f"{hardware.firmware} firmware",
-                    "exclude this combination or add a constraint",
-                )
-            if image.os_family not in self.candidate.commands:
-                raise self.command_nodes["install"].error(
-                    f"cell {self._id(row)}: the candidate has no {image.os_family} install command"
-                )
-            self._machines.add((row.build, row.hardware))
-        products = self._products.get((image.os_family, row.products))
-        if products is None:
-            products = self._product_objects(row, image.os_family, image.name)
-        settings = _scenario(row.overrides, self.scenario) if row.overrides else self.scenario
-        return Cell(self.path, image, hardware, products, self.candidate, settings)
-
-    def _product_objects(self, row: _Row, os_family: OsFamily, image: str) -> tuple[Product, ...]:
-        products = tuple(self.catalog.products[p] for p in row.products)
-        for product in products:
-            if product.payload_for(os_family) is None:
-                axis = next(
-                    (
-                        i
-                        for i in range(2, len(self.value_nodes))
-                        if any(_names_product(n, product.name) for n in self.value_nodes[i])
-                    ),
-                    2,
-                )
-                raise self._where(row, axis, product.name).error(
-                    f"cell {self._id(row)}: product '{product.name}' has no {os_family} payload, "
-                    f"but image '{image}' is {os_family}",
-                    f"add a {os_family} section to {product.source}",
-                )
-        self._products[(os_family, row.products)] = products
-        return products
-
-    @staticmethod
-    def _id(row: _Row) -> str:
-        return cell_id(row.build, row.hardware, row.products)
-
-    def _where(self, row: _Row, axis: int, value: str) -> Node:
-        """The node to blame: the include that made the cell, else the axis value."""
-        if row.origin is not None:
-            return row.origin
-        nodes = self.value_nodes[axis]
-        return next((n for n in nodes if _names_product(n, value) or n.value == value), nodes[0])
-
-
-def _names_product(node: Node, name: str) -> bool:
-    return node.value == name or (node.is_list() and name in node.value)
-
-
-def _scenario_value(key: str, value: Node) -> Any:
-    if key in ("boots", "boot_loop"):
-        return value.integer(key, minimum=1)
-    if key in ("boot_timeout", "bake"):
-        return value.number(key, minimum=0)
-    if key == "boot_regression":
-        return None if value.is_null() else value.number(key, minimum=1)
-    if key == "baseline":
-        return value.choice(("always", "on_failure", "never"), "baseline")
-    return value.flag(key)
