@@ -399,8 +399,8 @@ class _VM:
             if self.watcher.outcome is None:
                 # What a bugchecked machine does by itself: restart. Here the lab does it, after
                 # keeping the evidence that on_crash=preserve left on the screen.
-                self._record("scenario", "power_cycle", "on_crash=preserve")
-                self.machine.power_cycle()
+                self._record("scenario", "power_cycle", "warm reset after the crash")
+                self.machine.restart_after_crash()
                 self.probe.arm()
         elif finding.kind == "reset":
             self.probe.arm()

@@ -216,6 +216,34 @@ def test_one_reboot_reported_twice_is_one_reset() -> None:
     assert watcher.boots[1].seconds == pytest.approx(20.044 - 11.519)
 
 
+def test_warm_reset_after_each_crash_is_one_restart_and_the_loop_is_counted() -> None:
+    # Recorded on the lab host: the lab resets + resumes a crashed guest (on_crash=preserve);
+    # libvirt reports that one restart as three REBOOT events within 60 ms.
+    timeline = [
+        ev(0.431, "started", detail="booted"),
+        ready(10.211),
+        ev(34.310, "reboot"),
+        ev(34.373, "reboot"),
+        ev(45.121, "crashed", detail="panicked"),
+        ev(45.144, "power_cycle", source="scenario"),
+        ev(45.151, "reboot"),
+        ev(45.201, "reboot"),
+        ev(45.202, "reboot"),
+        ev(58.597, "crashed", detail="panicked"),
+        ev(58.618, "power_cycle", source="scenario"),
+        ev(58.625, "reboot"),
+        ev(58.681, "reboot"),
+        ev(58.683, "reboot"),
+        ev(69.469, "crashed", detail="panicked"),
+    ]
+    watcher = BootWatcher()
+    found = watcher.feed_all(timeline)
+    assert kinds(found) == ["boot_completed", "crash", "crash", "crash", "boot_loop"]
+    assert found[-1].t == 69.469
+    assert [b.outcome for b in watcher.boots] == ["completed", "crash", "crash", "crash"]
+    assert watcher.boots[2].seconds == pytest.approx(58.597 - 45.151)
+
+
 def test_resets_a_second_apart_still_count() -> None:
     timeline = [ev(0.0, "started"), ev(1.2, "reboot"), ev(2.4, "reboot"), ev(3.6, "reboot")]
     assert kinds(BootWatcher().feed_all(timeline)) == ["reset", "reset", "reset", "boot_loop"]
