@@ -8,6 +8,7 @@ started; each cell then becomes one :class:`CellItem` named
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -331,30 +332,50 @@ class _Progress:
     def __init__(self, config: pytest.Config) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         self.tw = getattr(reporter, "_tw", None)
-        # The terminal writer keeps the real stdout (pytest captures sys.stdout during tests).
-        stream = getattr(self.tw, "_file", None)
+        self.shown = 0
+        # During a test pytest captures fd 1; live output must step around it, as pytest's own
+        # live logging does -- and only then can it ask whether stdout is a terminal.
+        self.capture = config.pluginmanager.getplugin("capturemanager")
         self.enabled = (
             self.tw is not None
-            and stream is not None
-            and stream.isatty()
             and config.get_verbosity() >= 0
             and not hasattr(config, "workerinput")
         )
-        self.shown = 0
+        self._tty: bool | None = None
+
+    def _is_tty(self) -> bool:
+        if self._tty is None:
+            stream = getattr(self.tw, "_file", None)
+            self._tty = bool(stream is not None and stream.isatty())
+        return self._tty
 
     def __call__(self, cell: str, phase: str) -> None:
         if not self.enabled or self.tw is None:
             return
-        self.clear()
-        room = max(self.tw.fullwidth - self.tw.width_of_current_line - 4, 0)
-        text = f" [{cell}: {phase}]"[:room]
-        self.tw.write(text, cyan=True, flush=True)
-        self.shown = len(text)
+        with self._uncaptured():
+            if not self._is_tty():
+                self.enabled = False
+                return
+            self._erase()
+            room = max(self.tw.fullwidth - self.tw.width_of_current_line - 4, 0)
+            text = f" [{cell}: {phase}]"[:room]
+            self.tw.write(text, cyan=True, flush=True)
+            self.shown = len(text)
 
     def clear(self) -> None:
         if self.enabled and self.tw is not None and self.shown:
+            with self._uncaptured():
+                self._erase()
+
+    def _erase(self) -> None:
+        if self.tw is not None and self.shown:
             self.tw.write("\b" * self.shown + "\x1b[K", flush=True)
             self.shown = 0
+
+    def _uncaptured(self) -> Any:
+        if self.capture is None:
+            return contextlib.nullcontext()
+        return self.capture.global_and_fixture_disabled()
 
 
 class _XdistHooks:
