@@ -34,7 +34,7 @@ import tenacity
 
 from compatlab.catalog import Commands, ExitCodes
 from compatlab.checks.windows import WindowsEvidence, crash_evidence, findings
-from compatlab.errors import GuestError, ImageError, LabError
+from compatlab.errors import GuestError, HypervisorError, ImageError, LabError
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
 from compatlab.guest.media import cached_iso
@@ -87,11 +87,15 @@ class CheckOutcome:
 
 
 class _LabFailed(Exception):
-    """The lab failed with no failure of the guest seen: the cell may be tried again."""
+    """The lab failed with no failure of the guest seen: the cell may be tried again.
 
-    def __init__(self, reason: str) -> None:
+    Carries what the attempt saw, so an ``infra_error`` cell still shows its evidence.
+    """
+
+    def __init__(self, reason: str, seen: _Outcome | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.seen = seen
 
 
 @dataclass
@@ -110,7 +114,8 @@ class _Outcome:
 def run_cell(cell: Cell, lab: LabContext) -> CellResult:
     """Run one cell to a verdict. Never raises for the lab failing: that is ``infra_error``."""
     started = time.monotonic()
-    evidence = lab.report_dir / "cells" / cell_slug(cell.id)
+    # The matrix is part of the folder: two matrices of one run may hold the same cell id.
+    evidence = lab.report_dir / "cells" / cell_slug(f"{Path(cell.matrix).stem}/{cell.id}")
     attempts = 0
 
     def attempt() -> _Outcome:
@@ -123,6 +128,7 @@ def run_cell(cell: Cell, lab: LabContext) -> CellResult:
         lab.progress(cell.id, f"lab failed ({failed}); trying again on a fresh VM")
 
     outcome: _Outcome | None = None
+    seen: _Outcome | None = None
     reason = ""
     try:
         # Only _LabFailed is retried: the lab failed and no failure of the guest was seen.
@@ -135,10 +141,15 @@ def run_cell(cell: Cell, lab: LabContext) -> CellResult:
         )(attempt)
     except _LabFailed as failed:
         reason = failed.reason
+        seen = failed.seen
     if outcome is None:
-        return infra_error_result(
+        result = infra_error_result(
             cell, reason, seconds=time.monotonic() - started, attempts=attempts
         )
+        if seen is not None:
+            result.events, result.commands = seen.events, seen.commands
+            result.artifacts, result.checks = seen.artifacts, seen.checks
+        return result
 
     rerun = None
     first = decide(outcome.candidate, pre_install=outcome.pre_install)
@@ -255,7 +266,7 @@ class _VM:
                 # The update already failed; the lab's later trouble does not change that.
                 self.out.candidate = replace(self._observed(), infra_error=str(exc))
                 return self.out
-            raise _LabFailed(str(exc)) from exc
+            raise _LabFailed(str(exc), self.out) from exc
         finally:
             self.storage.remove()
         return self.out
@@ -378,6 +389,14 @@ class _VM:
                 event = Event(t=time.monotonic() - self.epoch, source="scenario", kind="tick")
             elif event.kind == "agent" and event.detail == "connected":
                 self.probe.poke()  # the agent just opened its port: ask now, not at the next poll
+            elif event.kind == "connection_lost":
+                # Events may have been lost with the connection: what the watcher would decide
+                # from here on (a hang, most likely) would be the lab's doing, not the guest's.
+                raise HypervisorError(
+                    f"lost the connection to libvirtd while watching the guest ({event.detail})",
+                    host=self.lab.hypervisor.host,
+                    domain=self.machine.name,
+                )
             for finding in self.watcher.feed(event):
                 self._on_finding(finding)
 

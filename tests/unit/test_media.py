@@ -225,3 +225,19 @@ def test_what_cannot_go_on_the_disc_is_refused(tmp_path: Path) -> None:
 def test_a_failed_write_is_a_storage_error(payload: Path, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot write payload ISO"):
         build_iso(payload, tmp_path / "no-such-folder" / "x.iso")
+
+
+def test_small_payloads_are_padded_past_label_probe_windows(tmp_path: Path) -> None:
+    # busybox findfs reads 0x11000 bytes to find a label; a shorter medium was invisible.
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "install.sh").write_text("exit 67\n")
+    iso = build_iso(folder, tmp_path / "p.iso")
+    assert iso.stat().st_size >= 0x11000
+    assert iso.stat().st_size % 2048 == 0
+    reader = pycdlib.PyCdlib()
+    reader.open(str(iso))
+    try:
+        assert reader.get_record(rr_path="/install.sh").is_file()
+    finally:
+        reader.close()

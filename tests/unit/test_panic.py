@@ -255,6 +255,7 @@ def orphaned_machine(tmp_path: Path) -> Iterator[Machine]:
 MACHINE_CALLS: dict[str, Callable[[Machine, Path], Any]] = {
     "start": lambda m, _: m.start(),
     "power_cycle": lambda m, _: m.power_cycle(),
+    "restart_after_crash": lambda m, _: m.restart_after_crash(),
     "reset": lambda m, _: m.reset(),
     "reboot": lambda m, _: m.reboot(),
     "shutdown": lambda m, _: m.shutdown(),

@@ -36,6 +36,8 @@ from compatlab.errors import StorageError
 __all__ = ["DEFAULT_LABEL", "FIXED_TIMESTAMP", "build_iso", "cached_iso", "payload_digest"]
 
 DEFAULT_LABEL = "COMPATLAB"
+#: 300 KiB, mkisofs's own padding: far past any label probe's read window.
+MIN_ISO_BYTES = 300 * 1024
 #: Every date in the image: 2000-01-01T00:00:00Z.
 FIXED_TIMESTAMP = 946684800.0
 
@@ -97,6 +99,7 @@ def build_iso(folder: Path, output: Path, *, label: str = DEFAULT_LABEL) -> Path
                     )
             output = Path(output)
             iso.write(str(output))
+            _pad(output)
     except PyCdlibException as exc:
         raise StorageError(f"cannot build payload ISO from {folder}: {exc}") from exc
     except OSError as exc:
@@ -108,10 +111,24 @@ def build_iso(folder: Path, output: Path, *, label: str = DEFAULT_LABEL) -> Path
     return output
 
 
+def _pad(path: Path) -> None:
+    """Grow a small ISO to :data:`MIN_ISO_BYTES` with zeros, as mkisofs pads its images.
+
+    Label probes read a fixed window from the start of the device: busybox's findfs reads
+    0x11000 bytes and, on a shorter medium, gives up before it looks at the ISO 9660 header
+    (measured: a 67,584-byte payload was invisible in the guest, a 69,632-byte one was found).
+    """
+    size = path.stat().st_size
+    if size < MIN_ISO_BYTES:
+        with path.open("r+b") as handle:
+            handle.truncate(MIN_ISO_BYTES)
+
+
 def payload_digest(folder: Path, *, label: str = DEFAULT_LABEL) -> str:
     """SHA-256 of everything that goes into the ISO: names, kinds, executable bits, contents."""
     _check_label(label)
-    digest = hashlib.sha256(f"compatlab-iso/1\0{label}\0".encode())
+    # The format version is in the key: an ISO cached by an older builder is not reused.
+    digest = hashlib.sha256(f"compatlab-iso/2\0{label}\0".encode())
     for entry in _scan(Path(folder)):
         kind = "d" if entry.is_dir else ("x" if entry.executable else "f")
         digest.update(f"{kind}\0{'/'.join(entry.relative)}\0".encode())
