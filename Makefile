@@ -12,7 +12,7 @@ PYTHON ?= python3
 .PHONY: help setup system daemons venv images demo test test-fast lint bench gc
 
 help:
-	@echo "make demo       set up, build the demo images, run matrix/demo.yaml, print the report path"
+	@echo "make demo       set up, build the demo images, run the demo matrices, print the report paths"
 	@echo "make test       set up and run the whole test suite (real VMs included)"
 	@echo "make test-fast  unit tests only (no VMs), after 'make venv'"
 	@echo "make lint       ruff + mypy"
@@ -40,11 +40,18 @@ images: setup
 	@$(COMPATLAB) images build
 
 # The demo's cells are meant to fail (that is the point), so pytest's exit 1 is not an error
-# here; pytest prints the report's path as its last line.
+# here. Two reports: the sensor demo, and the fault demos that show the remaining verdicts.
+FAULT_DEMOS := --matrix matrix/demo-hang.yaml --matrix matrix/demo-install-failed.yaml \
+	--matrix matrix/demo-check-failed.yaml
+
 demo: images
 	@$(COMPATLAB) gc --quiet
-	@$(PYTEST) -p no:cacheprovider --matrix matrix/demo.yaml; status=$$?; \
-	  [ $$status -le 1 ] || exit $$status
+	@$(PYTEST) -p no:cacheprovider --matrix matrix/demo.yaml --matrix-report reports/demo; \
+	  status=$$?; [ $$status -le 1 ] || exit $$status
+	@$(PYTEST) -p no:cacheprovider $(FAULT_DEMOS) --matrix-report reports/demo-faults; \
+	  status=$$?; [ $$status -le 1 ] || exit $$status
+	@echo "compatlab: fault demos (hang, install_failed, check_failed): $$(pwd)/reports/demo-faults/index.html"
+	@echo "compatlab: demo report: $$(pwd)/reports/demo/index.html"
 
 test: images
 	@$(PYTEST) tests

@@ -291,12 +291,16 @@ class _Session:
         from compatlab.report import RunInfo
         from compatlab.run import ReportSink
 
-        first = next(iter(self.matrices.values()))
+        # Matrices of one run normally test one candidate; where they test several (the fault
+        # demos), the report names them all rather than pretend the first was the only one.
+        candidates = list(
+            dict.fromkeys((m.candidate.name, m.candidate.version) for m in self.matrices.values())
+        )
         run = RunInfo(
             id=self.run_id,
             matrix=tuple(str(m.path) for m in self.matrices.values()),
-            candidate_name=first.candidate.name,
-            candidate_version=first.candidate.version,
+            candidate_name=" + ".join(name for name, _ in candidates),
+            candidate_version=" + ".join(version for _, version in candidates),
             started=datetime.now(UTC),
             hosts=(self.settings.uri,),
         )
