@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,11 @@ def analyse_cell(cell: dict[str, Any]) -> dict[str, Any]:
 
 def analyse(run_dir: Path, wall: float | None) -> dict[str, Any]:
     doc = json.loads((run_dir / "results.json").read_text())
+    if wall is None:  # an existing run: its own start and finish
+        run = doc["run"]
+        wall = (
+            datetime.fromisoformat(run["finished"]) - datetime.fromisoformat(run["started"])
+        ).total_seconds()
     cells = [analyse_cell(c) for c in doc["cells"]]
     shares = [c["overhead_share"] for c in cells if c["overhead_share"] is not None]
     latencies = [c["panic_to_verdict_ms"] for c in cells if "panic_to_verdict_ms" in c]
