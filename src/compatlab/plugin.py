@@ -271,10 +271,10 @@ class _Session:
             except InputError as exc:
                 raise pytest.UsageError(f"cannot resume: {exc}") from exc
             self.run_id = old.run.id
+            # Results.finished() owns the rule (infra_error cells are tried again).
+            done = old.finished()
             self.finished_before = {
-                (c.matrix, c.id): c.verdict.value
-                for c in old.cells
-                if c.verdict is not Verdict.INFRA_ERROR
+                (c.matrix, c.id): c.verdict.value for c in old.cells if (c.matrix, c.id) in done
             }
         from compatlab.lab.domain import find_template_dir
 

@@ -27,7 +27,7 @@ from compatlab.lab.connection import DEFAULT_URI, Hypervisor
 from compatlab.lab.reaper import Controller, reap, run_folder, write_run_owner
 from compatlab.lab.storage import DEFAULT_ROOT
 from compatlab.matrix import Cell, Matrix
-from compatlab.model import CellResult, Verdict
+from compatlab.model import CellResult
 from compatlab.report import PlannedCell, ResultsWriter, RunInfo, render_html, write_junit
 from compatlab.scenario import CheckOutcome, LabContext, infra_error_result, run_cell
 
@@ -171,9 +171,6 @@ class ReportSink:
             for m in matrices
             for c in m.cells
         ]
-
-    def finished(self) -> set[tuple[str, str]]:
-        return {(c.matrix, c.id) for c in self.writer.cells if c.verdict is not Verdict.INFRA_ERROR}
 
     def add(self, result: CellResult) -> None:
         self.added += 1
