@@ -43,7 +43,7 @@ from compatlab.lab.connection import Hypervisor
 from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml
 from compatlab.lab.evidence import CellEvidence
 from compatlab.lab.machine import Machine
-from compatlab.lab.panic import parse_linux_panic
+from compatlab.bugcheck import parse_linux_panic
 from compatlab.lab.reaper import CellMetadata, Controller
 from compatlab.lab.storage import CellStorage, cell_slug
 from compatlab.matrix import Cell

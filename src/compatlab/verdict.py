@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from compatlab.lab.panic import parse_guest_panicked
+from compatlab.bugcheck import parse_guest_panicked
 from compatlab.model import Attribution, Boot, BootOutcome, Bugcheck, CommandRecord, Event, Verdict
 
 __all__ = [

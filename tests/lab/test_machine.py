@@ -31,7 +31,7 @@ import pytest
 from compatlab.errors import HypervisorError
 from compatlab.lab.connection import Hypervisor, ReconnectPolicy
 from compatlab.lab.machine import Machine
-from compatlab.lab.panic import parse_linux_panic
+from compatlab.bugcheck import parse_linux_panic
 from compatlab.lab.reaper import (
     CellMetadata,
     Controller,

@@ -18,7 +18,7 @@ import pytest
 from compatlab.errors import HypervisorError, LabError
 from compatlab.lab.connection import Hypervisor, ReconnectPolicy
 from compatlab.lab.machine import Machine
-from compatlab.lab.panic import (
+from compatlab.bugcheck import (
     BUGCHECK_NAMES,
     bugcheck_name,
     find_hyperv_panic,

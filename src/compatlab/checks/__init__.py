@@ -8,5 +8,5 @@ log, crash dumps, the time it booted) is read here, over a
   minidumps and ``LastBootUpTime``, in one PowerShell round trip.
 
 A Linux guest's previous-boot panic is read from the serial log, which the lab keeps on the
-host, by :func:`compatlab.lab.panic.parse_linux_panic`; it needs no channel and no module here.
+host, by :func:`compatlab.bugcheck.parse_linux_panic`; it needs no channel and no module here.
 """

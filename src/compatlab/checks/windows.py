@@ -1,6 +1,6 @@
 """Crash evidence from inside a Windows guest, read after a boot completed.
 
-The hypervisor sees a bugcheck as it happens (``lab/panic.py``); this module reads what Windows
+The hypervisor sees a bugcheck as it happens (``bugcheck.py``); this module reads what Windows
 itself kept about it, for the crashes the hypervisor cannot see (no ``hyperv`` panic device, a
 hard reset, a boot-start driver that failed quietly) and for the details it does not carry:
 
@@ -36,7 +36,7 @@ from typing import Final
 
 from compatlab.errors import GuestError
 from compatlab.guest.channel import Channel
-from compatlab.lab.panic import bugcheck_name, format_code
+from compatlab.bugcheck import bugcheck_name, format_code
 from compatlab.model import Bugcheck
 
 __all__ = [
@@ -486,7 +486,7 @@ def _number(text: str, *, decimal: bool) -> int | None:
 
 
 def _windows_bugcheck(code: int, params: Iterable[int]) -> Bugcheck:
-    # Written as lab/panic.py writes the hypervisor's: 0x50 upper-case, parameters lower-case.
+    # Written as bugcheck.py writes the hypervisor's: 0x50 upper-case, parameters lower-case.
     return Bugcheck(
         code=format_code(code), name=bugcheck_name(code), params=tuple(f"0x{p:x}" for p in params)
     )
