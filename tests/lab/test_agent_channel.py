@@ -24,6 +24,7 @@ import pytest
 from compatlab.errors import GuestTimeout
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
+from tests.support.lab import require_lab
 
 pytestmark = pytest.mark.slow
 
@@ -84,13 +85,13 @@ def guest(workdir: Path) -> Iterator[libvirt.virDomain]:
         f for f in ("vmlinuz", "initrd.img", "disk.qcow2", "cmdline") if not (IMAGE / f).is_file()
     ]
     if missing:
-        pytest.skip(
+        require_lab(
             f"demo image missing: {IMAGE} lacks {', '.join(missing)}; run `compatlab images build`"
         )
     try:
         conn = libvirt.open(URI)
     except libvirt.libvirtError as exc:
-        pytest.skip(f"no libvirt at {URI}: {exc}")
+        require_lab(f"no libvirt at {URI}: {exc}")
     overlay = workdir / "overlay.qcow2"
     subprocess.run(
         [

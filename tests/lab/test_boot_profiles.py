@@ -28,6 +28,7 @@ from compatlab.guest.media import build_iso
 from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml, validate_domain_xml
 from compatlab.lab.reaper import CellMetadata, Controller
 from compatlab.lab.storage import CellStorage
+from tests.support.lab import require_lab
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def _image() -> GoldenImage:
         if not (IMAGE_DIR / name).is_file()
     ]
     if missing:
-        pytest.skip(
+        require_lab(
             f"demo image not built: {IMAGE_DIR} lacks {', '.join(missing)} "
             "(run `compatlab images build`)"
         )
@@ -70,12 +71,13 @@ def image() -> GoldenImage:
 
 @pytest.fixture(scope="module")
 def conn() -> Iterator[Any]:
-    libvirt = pytest.importorskip("libvirt")
+    import libvirt
+
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
         connection = libvirt.open("qemu:///system")
     except libvirt.libvirtError as exc:
-        pytest.skip(f"qemu:///system is not reachable: {exc}")
+        require_lab(f"qemu:///system is not reachable: {exc}")
     yield connection
     connection.close()
 

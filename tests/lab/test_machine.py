@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from compatlab.bugcheck import parse_linux_panic
 from compatlab.errors import HypervisorError
 from compatlab.lab.connection import Hypervisor, ReconnectPolicy
 from compatlab.lab.machine import Machine
-from compatlab.bugcheck import parse_linux_panic
 from compatlab.lab.reaper import (
     CellMetadata,
     Controller,
@@ -40,6 +40,8 @@ from compatlab.lab.reaper import (
     run_folder,
     write_run_owner,
 )
+from tests.support.lab import require_lab
+from tests.support.libvirtd import PrivateLibvirtd
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +100,7 @@ def guest() -> Iterator[GuestFiles]:
     found = _find_kernel()
     busybox = shutil.which("busybox")
     if found is None or busybox is None:
-        pytest.skip("needs /boot/vmlinuz-* with uncompressed pvpanic modules, and busybox")
+        require_lab("needs /boot/vmlinuz-* with uncompressed pvpanic modules, and busybox")
     kernel, pvpanic = found
     # /var/tmp, not pytest's 0700 tmp: QEMU runs as libvirt-qemu and must reach these files.
     root = Path(tempfile.mkdtemp(prefix="compatlab-testguest-", dir="/var/tmp"))
@@ -124,7 +126,7 @@ def hv() -> Iterator[Hypervisor]:
         hypervisor = Hypervisor(URI, reconnect=ReconnectPolicy(attempts=2, max_seconds=5))
         hypervisor.open()
     except HypervisorError as exc:
-        pytest.skip(f"no libvirtd: {exc}")
+        require_lab(f"no libvirtd: {exc}")
     yield hypervisor
     hypervisor.close()
 
@@ -438,68 +440,24 @@ def test_foreign_and_live_domains_are_left_alone(
 
 # -- a real libvirtd restart ----------------------------------------------------------------------
 
-DAEMON_CONF = """\
-unix_sock_dir = "{sock}"
-unix_sock_ro_perms = "0700"
-unix_sock_rw_perms = "0700"
-auth_unix_rw = "none"
-auth_unix_ro = "none"
-"""
-
-# A private libvirtd in its own mount namespace: tmpfs over its state folders so it shares
-# nothing with the system daemon; only its socket folder is visible outside. It serves the
-# test driver, which is all this test needs. Restarting it disturbs no one else.
-DAEMON_SCRIPT = """\
-for d in /run/libvirt /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do
-  mount -t tmpfs none "$d" || exit 1
-done
-exec libvirtd -p "$1/libvirtd.pid" -f "$1/libvirtd.conf"
-"""
-
-
-def _start_daemon(folder: Path) -> subprocess.Popen[bytes]:
-    sock = folder / "sock" / "libvirt-sock"
-    sock.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", DAEMON_SCRIPT, "sh", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip("cannot run a private libvirtd (unshare -m needs CAP_SYS_ADMIN)")
-        time.sleep(0.1)
-    return proc
-
-
-def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+# A private libvirtd (tests/support/libvirtd.py) serving the test driver, which is all this test
+# needs. Restarting it disturbs no one else.
 
 
 def test_reconnects_after_libvirtd_restart(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("libvirtd") is None:
-        pytest.skip("needs root, unshare and libvirtd")
-    (tmp_path / "sock").mkdir()
-    (tmp_path / "libvirtd.conf").write_text(DAEMON_CONF.format(sock=tmp_path / "sock"))
-    uri = f"test+unix:///default?socket={tmp_path / 'sock' / 'libvirt-sock'}"
-    daemon = _start_daemon(tmp_path)
+        require_lab("needs root, unshare and libvirtd")
+    daemon = PrivateLibvirtd.start(tmp_path, driver="test")
     policy = ReconnectPolicy(attempts=30, max_seconds=45, first_wait=0.2, max_wait=1.0)
-    hv = Hypervisor(uri, reconnect=policy)
+    hv = Hypervisor(daemon.uri, reconnect=policy)
     try:
         hv.open()
         name = new_name()
         watch = hv.events.watch(name)
-        _stop_daemon(daemon)
+        daemon.stop()
         lost = watch.wait({"connection_lost"}, timeout=20)
         assert lost is not None, "the close callback did not fire"
-        daemon = _start_daemon(tmp_path)
+        daemon = PrivateLibvirtd.start(tmp_path, driver="test")
         assert watch.wait({"connection_restored"}, timeout=45) is not None
         assert hv.reconnects == 1
         # Events flow on the new connection: define a domain there and see it.
@@ -512,4 +470,4 @@ def test_reconnects_after_libvirtd_restart(tmp_path: Path) -> None:
             assert m.wait({"started"}, timeout=5) is not None
     finally:
         hv.close()
-        _stop_daemon(daemon)
+        daemon.stop()

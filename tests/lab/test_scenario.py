@@ -41,6 +41,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.lab import require_lab
+from tests.support.libvirtd import PrivateLibvirtd
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,11 +202,11 @@ def is_png(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def lab_ready() -> None:
-    """The demo's prerequisites (``make test`` builds them); skip, never fail, without them."""
+    """The demo's prerequisites (``make test`` builds them): without them, require_lab."""
     import libvirt
 
     if not GOLDEN.is_file():
-        pytest.skip(f"no demo image {GOLDEN} (make images)")
+        require_lab(f"no demo image {GOLDEN} (make images)")
     for payload in (
         "acme-sensor-7.11.1",
         "other-edr",
@@ -213,11 +216,11 @@ def lab_ready() -> None:
         "broken-installer-1.0",
     ):
         if not (PAYLOADS / payload).is_dir():
-            pytest.skip(f"no {PAYLOADS / payload} (payloads/build.sh)")
+            require_lab(f"no {PAYLOADS / payload} (payloads/build.sh)")
     try:
         libvirt.open(SYSTEM_URI).close()
     except libvirt.libvirtError as exc:
-        pytest.skip(f"no libvirtd at {SYSTEM_URI}: {exc}")
+        require_lab(f"no libvirtd at {SYSTEM_URI}: {exc}")
 
 
 # -- the demo subset: pass, boot loop, hang, check_failed -----------------------------------------
@@ -402,25 +405,9 @@ def test_install_failed_cell_reports_the_installers_exit_code(
 
 # -- infra_error: libvirtd dies under a running cell ------------------------------------------
 
-DAEMON_CONF = """\
-unix_sock_dir = "{sock}"
-unix_sock_ro_perms = "0700"
-unix_sock_rw_perms = "0700"
-auth_unix_rw = "none"
-auth_unix_ro = "none"
-"""
-
-# As in test_machine.py: tmpfs over the daemon's state folders in a private mount namespace, so
-# it shares no state with the system daemon; only its socket folder is visible outside. Here it
-# runs the QEMU driver, which logs to files (the namespace has no virtlogd). A private network
-# namespace as well: no bridge or network of its can reach the host's.
-DAEMON_SCRIPT = """\
-for d in /run/libvirt /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do
-  mount -t tmpfs none "$d" || exit 1
-done
-echo 'stdio_handler = "file"' > /etc/libvirt/qemu.conf
-exec libvirtd -p "$1/libvirtd.pid" -f "$1/libvirtd.conf"
-"""
+# The private libvirtd (tests/support/libvirtd.py, as in test_machine.py's reconnect test) runs
+# the QEMU driver here, in private mount and network namespaces: no bridge or network of its can
+# reach the host's.
 
 # The demo candidate on a cell where it is harmless (no other-edr): it passes when the lab holds.
 INFRA_MATRIX = """\
@@ -434,52 +421,6 @@ candidate:
 axes: {{build: [tinylinux-a], hardware: [bios-1cpu], products: [[]]}}
 scenario: {{boots: 1, boot_timeout: 45, bake: 2, baseline: on_failure, rollback: true}}
 """
-
-
-@dataclass
-class PrivateLibvirtd:
-    folder: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def uri(self) -> str:
-        return f"qemu+unix:///system?socket={self.folder / 'sock' / 'libvirt-sock'}"
-
-    @classmethod
-    def start(cls, folder: Path) -> PrivateLibvirtd:
-        sock = folder / "sock"
-        sock.mkdir(parents=True)
-        (folder / "libvirtd.conf").write_text(DAEMON_CONF.format(sock=sock))
-        proc = subprocess.Popen(
-            [
-                "unshare",
-                "-m",
-                "-n",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                DAEMON_SCRIPT,
-                "sh",
-                str(folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while not (sock / "libvirt-sock").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                pytest.skip("cannot run a private libvirtd (unshare -m -n needs CAP_SYS_ADMIN)")
-            time.sleep(0.1)
-        return cls(folder, proc)
-
-    def kill(self) -> None:
-        """Gone at once, like a crashed daemon; its QEMUs live on, as with any libvirtd."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
 
 
 def qemu_processes_of(storage_folder: Path) -> list[int]:
@@ -515,7 +456,7 @@ def run_and_kill_libvirtd(folder: Path, kill_when: str) -> InfraRun:
     (matrices / "configs").symlink_to(ROOT / "configs")
     matrix = matrices / "infra.yaml"
     matrix.write_text(INFRA_MATRIX.format(payload=PAYLOADS / "acme-sensor-7.11.1"))
-    daemon = PrivateLibvirtd.start(folder / "libvirtd")
+    daemon = PrivateLibvirtd.start(folder / "libvirtd", driver="qemu", network_namespace=True)
     hosts = folder / "lab.yaml"
     hosts.write_text(f'hosts: [{{uri: "{daemon.uri}"}}]\n')
     report = folder / "report"
@@ -571,7 +512,7 @@ def _kill_when_logged(
 def infra(lab_ready: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, InfraRun]:
     """Both kills side by side (each has its own daemon): most of their time is waiting."""
     if os.geteuid() != 0:
-        pytest.skip("a private libvirtd with the QEMU driver needs root")
+        require_lab("a private libvirtd with the QEMU driver needs root")
     plans = {
         # Provisioning: the golden image is booting, nothing of the update is there yet.
         "before_install": "compatlab-guest: boot 1 started",

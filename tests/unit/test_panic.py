@@ -15,9 +15,6 @@ from typing import Any
 import libvirt
 import pytest
 
-from compatlab.errors import HypervisorError, LabError
-from compatlab.lab.connection import Hypervisor, ReconnectPolicy
-from compatlab.lab.machine import Machine
 from compatlab.bugcheck import (
     BUGCHECK_NAMES,
     bugcheck_name,
@@ -26,6 +23,9 @@ from compatlab.bugcheck import (
     parse_hyperv_log_line,
     parse_linux_panic,
 )
+from compatlab.errors import HypervisorError, LabError
+from compatlab.lab.connection import Hypervisor, ReconnectPolicy
+from compatlab.lab.machine import Machine
 from compatlab.model import Bugcheck
 
 # -- recorded fixtures ----------------------------------------------------------------------------

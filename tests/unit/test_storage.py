@@ -16,13 +16,16 @@ import pytest
 
 from compatlab.errors import ImageError, LabError, StorageError
 from compatlab.lab.storage import CellStorage, cell_slug
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
-    reason="qemu-img / qemu-io (qemu-utils) not installed",
-)
+from tests.support.lab import require_lab
 
 CELL = "demo/bios-1cpu/acme-av+other-edr"
+
+
+@pytest.fixture(autouse=True)
+def _qemu_utils() -> None:
+    """Every test here makes real qcow2 images (``make test`` installs qemu-utils)."""
+    if shutil.which("qemu-img") is None or shutil.which("qemu-io") is None:
+        require_lab("qemu-img / qemu-io (qemu-utils) not installed")
 
 
 def qemu(*args: str) -> str:
@@ -191,7 +194,7 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
     mountpoint = tmp_path / "full"
     mountpoint.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        require_lab("mounting a tmpfs needs root")
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mountpoint)],
         capture_output=True,
@@ -199,7 +202,7 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        require_lab(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield mountpoint
     finally:

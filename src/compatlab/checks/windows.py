@@ -34,9 +34,9 @@ from datetime import UTC, datetime
 from pathlib import PureWindowsPath
 from typing import Final
 
+from compatlab.bugcheck import bugcheck_name, format_code
 from compatlab.errors import GuestError
 from compatlab.guest.channel import Channel
-from compatlab.bugcheck import bugcheck_name, format_code
 from compatlab.model import Bugcheck
 
 __all__ = [

@@ -11,10 +11,10 @@ import contextlib
 import shutil
 from pathlib import Path
 
+from compatlab.bugcheck import find_hyperv_panic, parse_linux_panic
 from compatlab.catalog import OsFamily
 from compatlab.errors import CompatlabError
 from compatlab.lab.machine import Machine
-from compatlab.bugcheck import find_hyperv_panic, parse_linux_panic
 from compatlab.lab.storage import CellStorage
 from compatlab.model import Bugcheck
 
