@@ -15,7 +15,6 @@ import argparse
 import difflib
 import logging
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,8 +32,6 @@ log = logging.getLogger("compatlab.cli")
 
 #: The run id ``compatlab xml`` renders with unless given one.
 PREVIEW_RUN_ID = "preview"
-#: uuid5 namespace for domain UUIDs: the same run and cell always get the same UUID.
-_DOMAIN_UUIDS = uuid.UUID("5f0b8e52-3c1e-4d1a-9a57-0c8d2f6b7a11")
 
 EXIT_OK = 0
 EXIT_LAB = 1
@@ -62,26 +59,20 @@ def render_for_cell(
     ``storage_root``; the owner in the metadata is ``controller`` (default: this process).
     Raises :class:`~compatlab.lab.domain.ProfileNotSupported` for profiles this lab cannot run.
     """
-    from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml
-    from compatlab.lab.reaper import CellMetadata, Controller
+    from compatlab.lab.domain import render_cell_domain
+    from compatlab.lab.reaper import Controller
     from compatlab.lab.storage import DEFAULT_ROOT, CellStorage
 
     storage = CellStorage(run_id, cell_id, root=storage_root or DEFAULT_ROOT)
-    spec = DomainSpec(
-        name=domain_name(run_id, cell_id),
-        uuid=uuid.uuid5(_DOMAIN_UUIDS, f"{run_id}\0{cell_id}"),
+    return render_cell_domain(
+        image,
+        hardware,
+        storage,
+        template_dir=template_dir,
         accel=accel,
-        image=image,
-        hardware=hardware,
-        overlay=storage.overlay,
-        serial_log=storage.serial_log,
-        nvram=storage.nvram if hardware.firmware == "uefi" else None,
-        metadata=CellMetadata(
-            run=run_id, cell=cell_id, controller=controller or Controller.current()
-        ),
+        controller=controller or Controller.current(),
         on_crash=on_crash,
     )
-    return render_domain_xml(spec, template_dir)
 
 
 # -- compatlab xml --------------------------------------------------------------------------------

@@ -208,6 +208,54 @@ axes:
     assert err.hint is not None and "exclude" in err.hint
 
 
+# Profiles the catalog accepts but this lab's libvirt 9.0 / QEMU 7.2 cannot run
+# (compatlab.catalog.check_supported).
+UNSUPPORTED = {
+    "sb-on-pc": (
+        "name: sb-on-pc\nvcpus: 1\nmemory: 256MiB\nfirmware: uefi\nsecure_boot: true\n"
+        "machine: pc\n",
+        "Secure Boot needs machine q35, not pc",
+    ),
+    "itco": (
+        "name: itco\nvcpus: 1\nmemory: 256MiB\nfirmware: bios\nwatchdog: {model: itco}\n",
+        "libvirt 9.0 does not know watchdog model 'itco'",
+    ),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(UNSUPPORTED))
+def test_a_profile_this_lab_cannot_run_is_refused_when_the_matrix_loads(
+    project: Path, profile: str
+) -> None:
+    text, refusal = UNSUPPORTED[profile]
+    write(project / "configs" / "hardware" / f"{profile}.yaml", text)
+    path = matrix(project, AXES.replace("uefi-2cpu]", f"{profile}]"))
+    with pytest.raises(MatrixError) as info:
+        load_matrix(path, catalog_root=project)
+    err = info.value
+    # The matrix file and the axis value that brings the profile in, then why and which file.
+    assert (err.file, err.line, err.column) == (path, 11, 25)
+    assert str(err).startswith(f"{path}:11:25: cell lin-a/{profile}/none cannot run on this lab")
+    assert refusal in err.message
+    assert str(project / "configs" / "hardware" / f"{profile}.yaml") in err.message
+    assert err.hint
+
+
+def test_an_unrunnable_profile_blames_the_include_that_adds_it(project: Path) -> None:
+    text, refusal = UNSUPPORTED["sb-on-pc"]
+    write(project / "configs" / "hardware" / "sb-on-pc.yaml", text)
+    body = AXES + "include:\n  - {build: lin-b, hardware: sb-on-pc, products: [av]}\n"
+    err = error(project, body)
+    assert err.line == 14 and "lin-b/sb-on-pc/av" in err.message and refusal in err.message
+
+
+def test_an_unrunnable_profile_no_cell_uses_is_not_an_error(project: Path) -> None:
+    text, _ = UNSUPPORTED["itco"]
+    write(project / "configs" / "hardware" / "itco.yaml", text)
+    body = AXES.replace("uefi-2cpu]", "uefi-2cpu, itco]") + "exclude:\n  - {hardware: itco}\n"
+    assert len(load(project, body)) == 12
+
+
 def test_candidate_without_a_command_for_the_os_family(project: Path) -> None:
     path = write(
         project / "matrix" / "c.yaml",

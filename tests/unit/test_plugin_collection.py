@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.catalogs import make_project, matrix
+from tests.support.catalogs import make_project, matrix, write
 
 pytest_plugins = ["pytester"]
 
@@ -90,6 +90,34 @@ def test_missing_matrix_file_is_a_usage_error(pytester: pytest.Pytester, project
     result = pytester.runpytest("--matrix", "matrix/nope.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: matrix/nope.yaml: file not found"])
+
+
+def test_a_profile_this_lab_cannot_run_is_a_usage_error_before_anything_starts(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    # The catalog accepts Secure Boot on the pc machine; libvirt 9.0 cannot run it
+    # (compatlab.catalog.check_supported). The matrix load refuses it, before any cell runs.
+    write(
+        project / "configs" / "hardware" / "sb-on-pc.yaml",
+        "name: sb-on-pc\nvcpus: 1\nmemory: 256MiB\nfirmware: uefi\nsecure_boot: true\n"
+        "machine: pc\n",
+    )
+    matrix(project, AXES.replace("uefi-2cpu]", "uefi-2cpu, sb-on-pc]"), name="sb.yaml")
+    (project / "lab.yaml").write_text(
+        "hosts: [{uri: 'test:///default'}]\nstorage: out/storage\nattempts: 1\n"
+    )
+    result = pytester.runpytest(
+        "--matrix", "matrix/sb.yaml", "--matrix-hosts", "lab.yaml", "--matrix-report", "out"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: *matrix/sb.yaml:11:36: cell lin-a/sb-on-pc/none cannot run on this lab: "
+            "hardware profile 'sb-on-pc': Secure Boot needs machine q35, not pc*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*collected*")
+    assert not (project / "out").exists()  # no report, no storage: nothing started
 
 
 def test_cells_do_not_pretend_to_pass(pytester: pytest.Pytester, project: Path) -> None:

@@ -7,7 +7,9 @@ libvirt's own schema. Nothing here talks to libvirt: defining and starting is th
 
 What libvirt 9.0 / QEMU 7.2 accept was measured on the lab hosts; the template says why each
 block looks the way it does. :func:`check_supported` refuses, before anything is created, the
-profiles that cannot run here (see its docstring).
+profiles that cannot run here (see its docstring). It and :class:`ProfileNotSupported` live in
+:mod:`compatlab.catalog`, which needs no libvirt, so the matrix loader runs the same check when
+a matrix loads; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import jinja2
 
-from compatlab.catalog import GoldenImage, HardwareProfile
-from compatlab.errors import CatalogError, LabError
-from compatlab.lab.reaper import NS_URI, CellMetadata
+from compatlab.catalog import GoldenImage, HardwareProfile, ProfileNotSupported, check_supported
+from compatlab.errors import LabError
+from compatlab.lab.reaper import NS_URI, CellMetadata, Controller
+from compatlab.lab.storage import CellStorage
 
 __all__ = [
     "TEMPLATE_NAME",
@@ -40,6 +43,7 @@ __all__ = [
     "ProfileNotSupported",
     "check_supported",
     "domain_name",
+    "render_cell_domain",
     "render_domain_xml",
     "validate_domain_xml",
 ]
@@ -57,13 +61,6 @@ DOMAIN_PREFIX = "compatlab-"
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _SLUG_LENGTH = 40
-
-
-class ProfileNotSupported(CatalogError):
-    """A hardware profile (with this image) cannot run on this lab's libvirt / QEMU.
-
-    An input error, found before anything is created: the profile file is what must change.
-    """
 
 
 class DomainXMLError(LabError):
@@ -127,40 +124,6 @@ def domain_name(run_id: str, cell_id: str) -> str:
     slug = _NOT_SLUG.sub("-", cell_id.lower()).strip("-")[:_SLUG_LENGTH].rstrip("-") or "cell"
     digest = hashlib.sha256(f"{run_id}\0{cell_id}".encode()).hexdigest()[:10]
     return f"{DOMAIN_PREFIX}{slug}-{digest}"
-
-
-def check_supported(image: GoldenImage, hardware: HardwareProfile) -> None:
-    """Refuse, with a clear reason, a profile this lab's libvirt 9.0 / QEMU 7.2 cannot run.
-
-    - the image does not boot with the profile's firmware;
-    - Secure Boot on the ``pc`` machine: every Secure Boot OVMF build needs SMM, which the
-      firmware descriptors only offer on q35 (libvirt: "Unable to find any firmware to
-      satisfy 'efi'");
-    - the ``itco`` watchdog: libvirt 9.0 does not know the model.
-
-    NVMe is supported (see the template): libvirt 9.0 has no NVMe disk bus, so the disk's
-    front end is overridden to QEMU's ``nvme`` device.
-    """
-    if hardware.firmware not in image.firmware:
-        raise ProfileNotSupported(
-            f"image '{image.name}' boots with {'/'.join(sorted(image.firmware))}, "
-            f"hardware profile '{hardware.name}' has {hardware.firmware}",
-            file=hardware.source,
-            hint="pair this image with a profile of a firmware it supports",
-        )
-    if hardware.secure_boot and hardware.machine != "q35":
-        raise ProfileNotSupported(
-            f"hardware profile '{hardware.name}': Secure Boot needs machine q35, "
-            f"not {hardware.machine}",
-            file=hardware.source,
-            hint="the Secure Boot OVMF descriptors (they need SMM) list pc-q35-* machines only",
-        )
-    if hardware.watchdog is not None and hardware.watchdog.model == "itco":
-        raise ProfileNotSupported(
-            f"hardware profile '{hardware.name}': libvirt 9.0 does not know watchdog model 'itco'",
-            file=hardware.source,
-            hint="use i6300esb (or ib700) on this lab",
-        )
 
 
 @dataclass(frozen=True)
@@ -272,3 +235,38 @@ def _name_of(xml: str) -> str | None:
         return ET.fromstring(xml).findtext("name")
     except ET.ParseError:
         return None
+
+
+# Domain UUIDs are derived from run and cell, so `compatlab xml` shows the very XML a run defines.
+_DOMAIN_UUIDS = UUID("5f0b8e52-3c1e-4d1a-9a57-0c8d2f6b7a11")
+
+
+def render_cell_domain(
+    image: GoldenImage,
+    hardware: HardwareProfile,
+    storage: CellStorage,
+    *,
+    template_dir: Path,
+    accel: Accel,
+    controller: Controller,
+    on_crash: CrashPolicy = "preserve",
+) -> str:
+    """The domain XML of one VM of a cell: the one function a run and ``compatlab xml`` share.
+
+    Names, UUID and paths come from ``storage`` (its run id and cell id). Creates nothing.
+    Raises :class:`ProfileNotSupported` for profiles this lab cannot run.
+    """
+    run_id, cell_id = storage.run_id, storage.cell_id
+    spec = DomainSpec(
+        name=domain_name(run_id, cell_id),
+        uuid=uuid5(_DOMAIN_UUIDS, f"{run_id}\0{cell_id}"),
+        accel=accel,
+        image=image,
+        hardware=hardware,
+        overlay=storage.overlay,
+        serial_log=storage.serial_log,
+        nvram=storage.nvram if hardware.firmware == "uefi" else None,
+        metadata=CellMetadata(run=run_id, cell=cell_id, controller=controller),
+        on_crash=on_crash,
+    )
+    return render_domain_xml(spec, template_dir)

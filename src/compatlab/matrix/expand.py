@@ -6,8 +6,9 @@ cell named by value back to them, to seed a pairwise array), :func:`rows_of` nam
 :func:`apply_include` adds ``include`` entries (GitHub Actions semantics: settings on every
 matching row, else a new row, which must keep the constraints), and :class:`CellMaker` turns each
 row into a :class:`~compatlab.matrix.model.Cell`, checking what only a whole cell can break:
-firmware, the candidate's OS families, product payloads. Errors blame the axis value or include
-entry. This runs once per cell: lookups are precomputed, and each check runs once per pair.
+firmware, what this lab can run (:func:`compatlab.catalog.check_supported`), the candidate's OS
+families, product payloads. Errors blame the axis value or include entry. This runs once per
+cell: lookups are precomputed, and each check runs once per pair.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from compatlab._yaml import Node
-from compatlab.catalog import Catalog, OsFamily, Product
+from compatlab.catalog import Catalog, OsFamily, Product, ProfileNotSupported, check_supported
 from compatlab.matrix.model import Candidate, Cell, ScenarioSettings, Strategy, cell_id
 from compatlab.matrix.rules import Constraint, Space
 
@@ -234,6 +235,15 @@ class CellMaker:
                     f"{hardware.firmware} firmware",
                     "exclude this combination or add a constraint",
                 )
+            try:
+                check_supported(image, hardware)
+            except ProfileNotSupported as exc:
+                # The profile file is what must change; the matrix names the cell and its line.
+                raise self._where(row, 1, row.hardware).error(
+                    f"cell {self._id(row)} cannot run on this lab: {exc.message}; "
+                    f"profile file {exc.location}",
+                    exc.hint,
+                ) from exc
             if image.os_family not in self.candidate.commands:
                 raise self.command_nodes["install"].error(
                     f"cell {self._id(row)}: the candidate has no {image.os_family} install command"
