@@ -106,6 +106,10 @@ class GoldenImage:
     # UEFI variable store each VM's NVRAM starts from: whose Secure Boot keys are enrolled.
     # None lets libvirt use the firmware's own template (Microsoft keys with Secure Boot).
     uefi_vars: Path | None = None
+    # The serial console line that says the OS finished booting (searched in each line, so
+    # anchor it with ^): a second sign of a completed boot besides the guest channel. None
+    # where the image prints no such line (Windows, unless the lab installs a serial logger).
+    boot_complete: re.Pattern[str] | None = None
 
     @property
     def conventions(self) -> GuestConventions:
@@ -215,6 +219,34 @@ def _int_list(node: Node, what: str) -> tuple[int, ...]:
     return tuple(item.integer(what) for item in node.items(what))
 
 
+# A serial marker is one line's worth of pattern; anything longer is a mistake, not a need.
+_MAX_PATTERN_LENGTH = 500
+
+
+def _line_pattern(node: Node, what: str) -> re.Pattern[str]:
+    """A regular expression searched in single serial console lines, checked at load."""
+    text = node.text(what)
+    if len(text) > _MAX_PATTERN_LENGTH:
+        raise node.error(
+            f"{what} is {len(text)} characters long, more than {_MAX_PATTERN_LENGTH}",
+            "it is matched against one console line: name the line, not the whole boot",
+        )
+    if "\n" in text or "\r" in text:
+        raise node.error(f"{what} holds a line break", "it is matched against one line at a time")
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        raise node.error(
+            f"{what} is not a valid regular expression: {exc.msg} at position {exc.pos}"
+        ) from exc
+    if pattern.search("") is not None:
+        raise node.error(
+            f"{what} '{text}' matches an empty line, so every line would mark a completed boot",
+            "write the line the guest prints, e.g. '^compatlab-guest: services started'",
+        )
+    return pattern
+
+
 def parse_exit_codes(node: Node) -> ExitCodes:
     entries = node.mapping("exit_codes", optional=("success", "reboot"))
     return ExitCodes(
@@ -253,6 +285,7 @@ def parse_image(path: Path) -> GoldenImage:
             "variant",
             "guest",
             "uefi_vars",
+            "boot_complete",
         ),
     )
     base = path.parent
@@ -327,6 +360,9 @@ def parse_image(path: Path) -> GoldenImage:
         cmdline=e["cmdline"].text("cmdline") if "cmdline" in e else None,
         recipe=e["recipe"].text("recipe") if "recipe" in e else None,
         variant=e["variant"].text("variant") if "variant" in e else None,
+        boot_complete=_line_pattern(e["boot_complete"], "boot_complete")
+        if "boot_complete" in e and not e["boot_complete"].is_null()
+        else None,
     )
 
 
