@@ -182,13 +182,34 @@ def test_wait_times_out_with_none() -> None:
 
 
 def test_wait_skips_other_kinds_but_the_timeline_keeps_them() -> None:
-    watch = DomainWatch("x", epoch=100.0)
-    watch.record(101.0, "libvirt", "reboot")
-    watch.record(102.5, "libvirt", "crashed", "panicked")
+    watch = DomainWatch("x")
+    watch.record("libvirt", "reboot")
+    watch.record("libvirt", "crashed", "panicked")
     event = watch.wait({"crashed"}, timeout=0)
-    assert event is not None and event.t == 2.5 and event.detail == "panicked"
+    assert event is not None and event.t >= 0 and event.detail == "panicked"
     assert watch.count("reboot") == 1
     assert watch.drain() == []
+
+
+def test_events_from_many_producers_stay_in_the_order_they_were_stamped() -> None:
+    """The runner, the probe and libvirt's thread record side by side: the timeline and the
+    queue both keep stamp order (on the old code each producer stamped before taking the lock,
+    so a later stamp could be appended first)."""
+    watch = DomainWatch("x")
+
+    def produce(name: str) -> None:
+        for n in range(2000):
+            watch.record(name, "tick", str(n))
+
+    threads = [threading.Thread(target=produce, args=(f"p{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stamps = [e.t for e in watch.timeline.snapshot()]
+    assert len(stamps) == 8000
+    assert stamps == sorted(stamps)
+    assert [e.t for e in watch.drain()] == stamps
 
 
 def test_callbacks_never_raise(hv: Hypervisor) -> None:

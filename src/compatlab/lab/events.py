@@ -7,8 +7,8 @@ It hands each event to the :class:`DomainWatch` of that domain, by name; events 
 nobody watches are dropped.
 
 The callbacks run on the libvirt event-loop thread and never raise (xdist's receiver thread is
-the model): the first thing they do is take ``time.monotonic()``, then they build an
-:class:`~compatlab.model.Event` and put it on the watch's queue and timeline. A consumer blocks in
+the model): they hand what libvirt said to :meth:`DomainWatch.record`, which stamps it with
+``time.monotonic()`` and puts it on the queue and the timeline under one lock. A consumer blocks in
 :meth:`DomainWatch.wait` and is woken by the event itself, so a verdict is reached within a
 second of it, not at the next poll.
 
@@ -109,17 +109,22 @@ class DomainWatch:
         self.epoch_wall = time.time() - (time.monotonic() - self.epoch)
         self.timeline = Timeline()
         self._queue: queue.Queue[Event] = queue.Queue()
+        # Stamp, keep and queue under one lock: two producers (libvirt's event thread, the
+        # readiness probe, the runner) can then never put events on the timeline out of order.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DomainWatch({self.name!r}, {len(self.timeline)} events)"
 
-    def record(
-        self, arrived: float, source: str, kind: str, detail: str = "", **data: str
-    ) -> Event:
-        """Stamp and keep one event (``arrived`` is ``time.monotonic()`` when it came in)."""
-        event = Event(t=arrived - self.epoch, source=source, kind=kind, detail=detail, data=data)
-        self.timeline.append(event)
-        self._queue.put(event)
+    def record(self, source: str, kind: str, detail: str = "", **data: str) -> Event:
+        """Stamp (now, on the monotonic clock), keep and queue one event, all under one lock."""
+        with self._lock:
+            arrived = time.monotonic()
+            event = Event(
+                t=arrived - self.epoch, source=source, kind=kind, detail=detail, data=data
+            )
+            self.timeline.append(event)
+            self._queue.put(event)
         return event
 
     def wait(
@@ -249,13 +254,12 @@ class EventHub:
     # ConnectionListener: run on libvirt threads, never raise -----------------------------------
 
     def connection_lost(self, reason: str) -> None:
-        now = time.monotonic()
         with self._lock:
             # The old connection's callbacks are gone with it; forget their ids.
             self._conn, self._callback_ids, self._qemu_callback_ids = None, [], []
             watches = list(self._watches.values())
         for watch in watches:
-            watch.record(now, "lab", "connection_lost", reason)
+            watch.record("lab", "connection_lost", reason)
 
     def connection_restored(self) -> None:
         try:
@@ -263,11 +267,10 @@ class EventHub:
         except Exception:
             log.exception("re-subscribing to domain events failed")
             return
-        now = time.monotonic()
         with self._lock:
             watches = list(self._watches.values())
         for watch in watches:
-            watch.record(now, "lab", "connection_restored")
+            watch.record("lab", "connection_restored")
 
     # watches --------------------------------------------------------------------------------
 
@@ -292,41 +295,37 @@ class EventHub:
     # libvirt callbacks ----------------------------------------------------------------------
 
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: object) -> None:
-        now = time.monotonic()
         try:
             watch = self._watch_for(dom)
             if watch is not None:
                 kind, word = _lifecycle_words(event, detail)
-                watch.record(now, "libvirt", kind, word)
+                watch.record("libvirt", kind, word)
         except Exception:
             log.exception("lifecycle event callback failed")
 
     def _on_reboot(self, _conn: Any, dom: Any, _opaque: object) -> None:
-        now = time.monotonic()
         try:
             watch = self._watch_for(dom)
             if watch is not None:
-                watch.record(now, "libvirt", "reboot")
+                watch.record("libvirt", "reboot")
         except Exception:
             log.exception("reboot event callback failed")
 
     def _on_watchdog(self, _conn: Any, dom: Any, action: int, _opaque: object) -> None:
-        now = time.monotonic()
         try:
             watch = self._watch_for(dom)
             if watch is not None:
-                watch.record(now, "libvirt", "watchdog", _WATCHDOG_ACTIONS.get(action, str(action)))
+                watch.record("libvirt", "watchdog", _WATCHDOG_ACTIONS.get(action, str(action)))
         except Exception:
             log.exception("watchdog event callback failed")
 
     def _on_agent(self, _conn: Any, dom: Any, state: int, reason: int, _opaque: object) -> None:
-        now = time.monotonic()
         try:
             watch = self._watch_for(dom)
             if watch is not None:
                 word = {1: "connected", 2: "disconnected"}.get(state, str(state))
                 cause = {0: "unknown", 1: "domain_started", 2: "channel"}.get(reason, str(reason))
-                watch.record(now, "libvirt", "agent", word, reason=cause)
+                watch.record("libvirt", "agent", word, reason=cause)
         except Exception:
             log.exception("agent event callback failed")
 
@@ -340,13 +339,12 @@ class EventHub:
         details: object,
         _opaque: object,
     ) -> None:
-        now = time.monotonic()
         try:
             watch = self._watch_for(dom)
             if watch is not None and event == "GUEST_PANICKED":
                 data = flatten_guest_panicked(details)
                 data["qemu_time"] = f"{seconds}.{micros:06d}"
-                watch.record(now, "qmp", "guest_panicked", data.get("type", ""), **data)
+                watch.record("qmp", "guest_panicked", data.get("type", ""), **data)
         except Exception:
             log.exception("QMP event callback failed")
 
