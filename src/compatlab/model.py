@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Literal
 
 __all__ = [
+    "SEVERITY",
     "Attribution",
     "Boot",
     "BootOutcome",
@@ -20,13 +21,14 @@ __all__ = [
     "CellResult",
     "CommandRecord",
     "Event",
+    "Phase",
     "Timeline",
     "Verdict",
 ]
 
 
 class Verdict(StrEnum):
-    """One per cell. Declared in order of precedence: the first that applies wins."""
+    """One per cell. Which one wins when several apply is :data:`SEVERITY`'s order."""
 
     CRASH = "crash"
     BOOT_LOOP = "boot_loop"
@@ -38,20 +40,55 @@ class Verdict(StrEnum):
     PASS = "pass"
 
     @property
-    def precedence(self) -> int:
-        return list(Verdict).index(self)
+    def severity(self) -> int:
+        """This verdict's rank in :data:`SEVERITY`: 0 is the worst."""
+        return SEVERITY.index(self)
 
     @property
     def is_failure(self) -> bool:
         return self is not Verdict.PASS
 
 
-class Attribution(StrEnum):
-    """Who a failing cell's failure belongs to."""
+# The one severity table. It decides a cell's verdict when one run saw several failures, and
+# what attribution compares: a failure without the candidate that is at least as severe as the
+# failure with it belongs to the configuration. Worst first. A boot loop outranks a crash: a
+# guest that crashes at every boot never comes back, one that crashed once did. The README's
+# "Verdicts" section states this table word for word.
+SEVERITY: tuple[Verdict, ...] = (
+    Verdict.BOOT_LOOP,
+    Verdict.CRASH,
+    Verdict.HANG,
+    Verdict.INSTALL_FAILED,
+    Verdict.CHECK_FAILED,
+    Verdict.ROLLBACK_FAILED,
+    Verdict.INFRA_ERROR,
+    Verdict.PASS,
+)
 
-    CANDIDATE = "candidate"  # fails with the update, passes without it
-    BASELINE = "baseline"  # fails without the update too
+
+class Attribution(StrEnum):
+    """Who a failing cell's failure belongs to, and how sure the lab is."""
+
+    CANDIDATE = "candidate"  # fails with the update; a rerun without it did not fail as badly
+    BASELINE = "baseline"  # fails without the update too (before it was installed, or in a rerun)
     INFRA = "infra"  # the lab failed
+    UNCONFIRMED = "unconfirmed"  # failed with the update; no rerun without it could tell
+
+
+class Phase(StrEnum):
+    """The phases of one VM's run, in order. Each keeps its own observations."""
+
+    PROVISION = "provision"  # overlay, define, start, first boot of the golden image
+    PRODUCTS = "products"  # the coexisting products installed
+    BASELINE = "baseline"  # reboot without the candidate: the configuration must boot clean
+    INSTALL = "install"  # the candidate's installer
+    BOOTS = "boots"  # reboots with the candidate, each baked
+    CHECKS = "checks"  # health, crash evidence, boot time, custom checks
+    ROLLBACK = "rollback"  # uninstall, reboot, health
+
+    @property
+    def before_candidate(self) -> bool:
+        return self in (Phase.PROVISION, Phase.PRODUCTS, Phase.BASELINE)
 
 
 @dataclass(frozen=True)
@@ -142,7 +179,8 @@ class Bugcheck:
         )
 
 
-BootOutcome = Literal["completed", "crash", "reset", "hang", "watchdog"]
+# "restart": a reset the candidate declared (its installer restarts the guest, ``reboots: N``).
+BootOutcome = Literal["completed", "crash", "reset", "hang", "watchdog", "restart"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +190,7 @@ class Boot:
     n: int
     outcome: BootOutcome
     seconds: float
-    phase: str = ""  # "baseline", "candidate", "rollback"
+    phase: str = ""  # a Phase value: "provision", "baseline", "boots", "rollback", ...
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -209,6 +247,10 @@ class CellResult:
     checks: list[dict[str, object]] = field(default_factory=list)
     matrix: str = ""
     attempts: int = 1
+    # Per phase of the deciding run: {"phase", "outcome", "detail", "t", "seconds"}.
+    phases: list[dict[str, object]] = field(default_factory=list)
+    # Every baseline rerun without the candidate: {"n", "verdict", "reason"}.
+    reruns: list[dict[str, object]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -227,5 +269,7 @@ class CellResult:
             "commands": [c.as_json() for c in self.commands],
             "checks": list(self.checks),
             "attempts": self.attempts,
+            "phases": list(self.phases),
+            "reruns": list(self.reruns),
             "seconds": round(self.seconds, 2),
         }

@@ -15,8 +15,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compatlab.model import Attribution, Bugcheck, CommandRecord, Event, Verdict
-from compatlab.verdict import BootPolicy, BootWatcher, Finding, Observations, decide, judge
+from compatlab.model import SEVERITY, Attribution, Bugcheck, CommandRecord, Event, Phase, Verdict
+from compatlab.verdict import (
+    BootPolicy,
+    BootWatcher,
+    Finding,
+    Observations,
+    RunObservations,
+    decide,
+    judge,
+)
 
 PAGE_FAULT = Bugcheck(
     "0x50",
@@ -107,11 +115,11 @@ def test_crash_at_every_boot_is_a_boot_loop_decided_at_the_third_crash() -> None
     assert watcher.bugcheck == PAGE_FAULT
     assert [b.outcome for b in watcher.boots] == ["completed", "crash", "crash", "crash"]
 
-    decision = decide(watcher.observations(), pre_install=Observations(boots_completed=1))
+    decision = decide(run(watcher.observations()))
     assert decision.verdict is Verdict.BOOT_LOOP
     assert decision.bugcheck == PAGE_FAULT  # a boot loop WITH a crash recorded
-    assert decision.attribution is Attribution.CANDIDATE
-    assert "0x50" in decision.reason and "not confirmed by a baseline rerun" in decision.reason
+    assert decision.attribution is Attribution.UNCONFIRMED
+    assert "0x50" in decision.reason and "no rerun without the candidate" in decision.reason
 
 
 def test_on_crash_restart_boot_loop() -> None:
@@ -147,7 +155,7 @@ def test_one_crash_then_clean_boots_is_crash() -> None:
         "boot_completed",
     ]
     assert watcher.outcome is None
-    decision = decide(watcher.observations())
+    decision = decide(run(watcher.observations()))
     assert decision.verdict is Verdict.CRASH
     assert decision.bugcheck == PAGE_FAULT
     assert "1 crash, 3 boots completed" in decision.reason
@@ -401,17 +409,25 @@ def merged(*parts: Observations) -> Observations:
     return out
 
 
+def run(after: Observations, before: Observations | None = None) -> RunObservations:
+    """A run whose baseline saw ``before`` (clean by default) and whose boots saw ``after``."""
+    return RunObservations({Phase.BASELINE: before or PASSED, Phase.BOOTS: after})
+
+
+def test_the_severity_table_is_every_verdict_once_with_boot_loop_worst() -> None:
+    assert sorted(SEVERITY) == sorted(Verdict)
+    assert SEVERITY[0] is Verdict.BOOT_LOOP and SEVERITY[1] is Verdict.CRASH
+    assert SEVERITY[-1] is Verdict.PASS
+
+
 @pytest.mark.parametrize(
     ("higher", "lower"),
-    [(a, b) for a in Verdict for b in Verdict if a.precedence < b.precedence],
+    [(a, b) for a in Verdict for b in Verdict if a.severity < b.severity],
 )
-def test_precedence_table(higher: Verdict, lower: Verdict) -> None:
+def test_severity_table_decides_the_verdict(higher: Verdict, lower: Verdict) -> None:
     obs = merged(ONE_OF_EACH[lower], ONE_OF_EACH[higher])
-    expected = higher
-    if {higher, lower} == {Verdict.CRASH, Verdict.BOOT_LOOP}:
-        expected = Verdict.BOOT_LOOP  # a loop made of crashes is a loop, bugcheck kept
-    assert judge(obs)[0] is expected
-    assert decide(obs).verdict is expected
+    assert judge(obs)[0] is higher
+    assert decide(run(obs)).verdict is higher
 
 
 def test_reasons_name_the_evidence() -> None:
@@ -425,60 +441,209 @@ def test_reasons_name_the_evidence() -> None:
 
 def test_reason_is_one_line_even_from_multiline_inputs() -> None:
     cmd = dataclasses.replace(INSTALL, command="install.sh \\\n  --force\n")
-    decision = decide(Observations(install_failure=cmd, rollback_failure="a\nb"))
+    decision = decide(run(Observations(install_failure=cmd, rollback_failure="a\nb")))
     assert "\n" not in decision.reason
 
 
 # -- decide: attribution --------------------------------------------------------------------------
 
 LOOP = ONE_OF_EACH[Verdict.BOOT_LOOP]
+CRASH = ONE_OF_EACH[Verdict.CRASH]
 PASSED = Observations(boots_completed=3)
 
 
+def rerun(obs: Observations) -> RunObservations:
+    return RunObservations({Phase.BASELINE: PASSED, Phase.BOOTS: obs}, with_candidate=False)
+
+
 def test_pass_has_no_attribution() -> None:
-    assert decide(PASSED, pre_install=PASSED).attribution is None
+    assert decide(run(PASSED)).attribution is None
 
 
 def test_infra_error_is_attributed_to_infra() -> None:
-    d = decide(dataclasses.replace(ONE_OF_EACH[Verdict.INFRA_ERROR], infra_error="a\nb"))
+    d = decide(run(dataclasses.replace(ONE_OF_EACH[Verdict.INFRA_ERROR], infra_error="a\nb")))
     assert (d.verdict, d.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
     assert "\n" not in d.reason
 
 
 def test_rerun_passes_without_the_candidate() -> None:
-    d = decide(LOOP, pre_install=PASSED, rerun=PASSED)
+    d = decide(run(LOOP), reruns=[rerun(PASSED)])
     assert d.attribution is Attribution.CANDIDATE
-    assert "rerun without the candidate passed" in d.reason
+    assert "1 rerun without the candidate passed" in d.reason
 
 
 def test_rerun_fails_the_same_way_without_the_candidate() -> None:
-    d = decide(LOOP, pre_install=PASSED, rerun=LOOP)
+    d = decide(run(LOOP), reruns=[rerun(LOOP)])
     assert d.attribution is Attribution.BASELINE
-    assert "rerun without the candidate: boot_loop" in d.reason
+    assert "rerun 1 without the candidate: boot_loop" in d.reason
 
 
 def test_rerun_fails_less_badly_leaves_it_on_the_candidate() -> None:
-    d = decide(LOOP, rerun=ONE_OF_EACH[Verdict.CHECK_FAILED])
+    d = decide(run(LOOP), reruns=[rerun(ONE_OF_EACH[Verdict.CHECK_FAILED])])
     assert d.attribution is Attribution.CANDIDATE
     assert "only check_failed" in d.reason
 
 
-def test_rerun_lost_to_the_lab_falls_back_to_the_pre_install_boot() -> None:
-    d = decide(LOOP, pre_install=PASSED, rerun=ONE_OF_EACH[Verdict.INFRA_ERROR])
+def test_a_single_crash_without_the_candidate_does_not_explain_a_boot_loop_with_it() -> None:
+    """The old comparison followed the enum order (crash before boot_loop) and called this
+    baseline, against the module's own rule: the update made a crash into a loop."""
+    d = decide(run(LOOP), reruns=[rerun(CRASH)])
     assert d.attribution is Attribution.CANDIDATE
-    assert "baseline rerun failed in the lab" in d.reason
+    assert "only crash, with it boot_loop" in d.reason
+
+
+def test_a_boot_loop_without_the_candidate_explains_a_crash_with_it() -> None:
+    d = decide(run(CRASH), reruns=[rerun(LOOP)])
+    assert d.attribution is Attribution.BASELINE
+
+
+def test_the_reruns_own_phases_before_the_candidate_count() -> None:
+    """A rerun that crashed at its baseline boot (its boots then passed) failed as badly."""
+    crashed_early = RunObservations(
+        {Phase.BASELINE: CRASH, Phase.BOOTS: PASSED}, with_candidate=False
+    )
+    d = decide(run(CRASH), reruns=[crashed_early])
+    assert d.attribution is Attribution.BASELINE
+
+
+def test_rerun_lost_to_the_lab_is_unconfirmed() -> None:
+    d = decide(run(LOOP), reruns=["libvirtd went away"])
+    assert (d.verdict, d.attribution) == (Verdict.BOOT_LOOP, Attribution.UNCONFIRMED)
+    assert "no rerun without the candidate ran (libvirtd went away)" in d.reason
+
+
+def test_no_rerun_at_all_is_unconfirmed() -> None:
+    d = decide(run(ONE_OF_EACH[Verdict.CHECK_FAILED]))
+    assert d.attribution is Attribution.UNCONFIRMED
+    assert "no rerun without the candidate was made" in d.reason
+
+
+def test_one_clean_rerun_among_lost_ones_confirms_and_says_so() -> None:
+    d = decide(run(LOOP), reruns=["host gone", rerun(PASSED)])
+    assert d.attribution is Attribution.CANDIDATE
+    assert "1 rerun could not run" in d.reason
+
+
+def test_an_intermittent_baseline_failure_is_found_by_a_later_rerun() -> None:
+    d = decide(run(CRASH), reruns=[rerun(PASSED), rerun(CRASH)])
+    assert d.attribution is Attribution.BASELINE
+    assert "rerun 2" in d.reason
 
 
 def test_failure_already_before_install_is_baseline() -> None:
-    d = decide(PASSED, pre_install=ONE_OF_EACH[Verdict.HANG])
+    d = decide(run(PASSED, before=ONE_OF_EACH[Verdict.HANG]))
     assert (d.verdict, d.attribution) == (Verdict.HANG, Attribution.BASELINE)
-    assert "before the candidate was installed" in d.reason
+    assert "before the candidate was installed (phase baseline)" in d.reason
 
 
-def test_no_baseline_evidence_at_all_says_so() -> None:
-    d = decide(ONE_OF_EACH[Verdict.CHECK_FAILED])
-    assert d.attribution is Attribution.CANDIDATE
-    assert "no baseline evidence" in d.reason
+def test_a_crash_before_the_candidate_is_never_the_candidates_even_if_worse_after() -> None:
+    d = decide(run(LOOP, before=CRASH), reruns=[rerun(PASSED)])
+    assert (d.verdict, d.attribution) == (Verdict.CRASH, Attribution.BASELINE)
+
+
+def test_install_and_rollback_failures_are_the_candidates_own() -> None:
+    for verdict in (Verdict.INSTALL_FAILED, Verdict.ROLLBACK_FAILED):
+        d = decide(run(ONE_OF_EACH[verdict]))
+        assert (d.verdict, d.attribution) == (verdict, Attribution.CANDIDATE)
+
+
+def test_a_crash_during_rollback_is_rollback_failed_with_its_bugcheck() -> None:
+    d = decide(
+        RunObservations({Phase.BASELINE: PASSED, Phase.BOOTS: PASSED, Phase.ROLLBACK: CRASH})
+    )
+    assert (d.verdict, d.attribution) == (Verdict.ROLLBACK_FAILED, Attribution.CANDIDATE)
+    assert d.bugcheck == PAGE_FAULT
+    assert "rollback failed: crash: bugcheck 0x50" in d.reason
+
+
+def test_a_crash_during_the_install_is_the_candidates_crash() -> None:
+    d = decide(
+        RunObservations({Phase.BASELINE: PASSED, Phase.INSTALL: LOOP}), reruns=[rerun(PASSED)]
+    )
+    assert (d.verdict, d.attribution) == (Verdict.BOOT_LOOP, Attribution.CANDIDATE)
+
+
+def test_a_dead_channel_is_check_failed_and_says_so_never_hang() -> None:
+    obs = Observations(unreachable="the guest finished booting but its channel did not answer")
+    d = decide(run(obs), reruns=[rerun(PASSED)])
+    assert (d.verdict, d.attribution) == (Verdict.CHECK_FAILED, Attribution.CANDIDATE)
+    assert d.reason.startswith("unreachable: the guest finished booting")
+
+
+# -- the watcher: restarts, dead channels, phases -------------------------------------------------
+
+
+def test_declared_restarts_before_the_first_boot_completes_are_not_failures() -> None:
+    """A cumulative update restarts the machine twice while servicing, then boots."""
+    watcher = BootWatcher(BootPolicy(loop_threshold=2), phase="boots")
+    watcher.feed_all([ev(0.0, "started"), ready(8.0)])
+    watcher.allow_restarts(2)
+    # 20.0 is the reboot the scenario asked for; 35.0 and 50.0 are the update's own.
+    found = watcher.feed_all(
+        [ev(20.0, "reboot"), ev(35.0, "reboot"), ev(50.0, "reboot"), ready(60.0)]
+    )
+    assert kinds(found) == ["restart", "restart", "boot_completed"]
+    assert watcher.outcome is None
+    assert [b.outcome for b in watcher.boots] == ["completed", "restart", "restart", "completed"]
+
+
+def test_one_restart_more_than_declared_counts_as_a_failed_boot() -> None:
+    watcher = BootWatcher(BootPolicy(loop_threshold=2))
+    watcher.feed_all([ev(0.0, "started"), ready(8.0)])
+    watcher.allow_restarts(1)
+    # 20.0 is the reboot the scenario asked for (from a completed boot): not a restart.
+    found = watcher.feed_all([ev(t, "reboot") for t in (20.0, 35.0, 50.0, 65.0)])
+    assert kinds(found) == ["restart", "reset", "reset", "boot_loop"]
+
+
+def test_the_allowance_ends_with_the_first_completed_boot() -> None:
+    watcher = BootWatcher(BootPolicy(loop_threshold=1))
+    watcher.feed_all([ev(0.0, "started"), ready(8.0)])
+    watcher.allow_restarts(3)
+    watcher.feed_all([ev(20.0, "reboot"), ready(30.0), ev(40.0, "reboot")])
+    assert kinds(watcher.feed_all([ev(50.0, "reboot")])) == ["reset", "boot_loop"]
+
+
+def test_a_crash_is_never_a_declared_restart() -> None:
+    watcher = BootWatcher(BootPolicy(loop_threshold=1))
+    watcher.feed_all([ev(0.0, "started"), ready(8.0), ev(20.0, "reboot")])
+    watcher.allow_restarts(5)
+    assert kinds(watcher.feed_all([ev(25.0, "crashed", detail="panicked")])) == [
+        "crash",
+        "boot_loop",
+    ]
+
+
+def test_a_boot_whose_console_said_it_finished_but_whose_channel_never_answered() -> None:
+    watcher = BootWatcher(BootPolicy(boot_timeout=60.0))
+    watcher.feed_all([ev(0.0, "started"), ev(21.5, "boot_marker", source="serial", detail="up")])
+    [final] = watcher.feed(tick(60.5))
+    assert final.kind == "unreachable" and final.final
+    assert "finished booting ('up' on the serial console 21.5 s in)" in final.detail
+    assert watcher.observations().unreachable == final.detail
+    assert watcher.observations().hang is None
+
+
+def test_a_marker_from_an_earlier_boot_does_not_make_a_hang_unreachable() -> None:
+    watcher = BootWatcher(BootPolicy(boot_timeout=60.0))
+    watcher.feed_all([ev(0.0, "started"), ev(9.0, "boot_marker", source="serial"), ready(10.0)])
+    watcher.feed_all([ev(20.0, "reboot")])
+    [final] = watcher.feed(tick(81.0))
+    assert final.kind == "hang"
+
+
+def test_observations_are_kept_per_phase() -> None:
+    watcher = BootWatcher(phase="baseline")
+    watcher.feed_all([ev(0.0, "started"), ready(8.0)])
+    watcher.phase = "install"
+    crash = ev(20.0, "crashed", detail="panicked")
+    watcher.feed_all([crash, ev(20.1, "bugcheck", source="serial", **PAGE_FAULT.as_event_data())])
+    watcher.feed_all([ev(20.2, "reboot"), ready(30.0)])
+    baseline = watcher.observations(["baseline"])
+    install = watcher.observations(["install"])
+    assert (baseline.crashes, baseline.boots_completed, baseline.bugcheck) == (0, 1, None)
+    assert (install.crashes, install.bugcheck) == (1, PAGE_FAULT)
+    assert [f.phase for f in watcher.findings] == ["baseline", "install", "install"]
 
 
 # -- properties ------------------------------------------------------------------------------------
@@ -514,8 +679,8 @@ def test_verdict_is_the_highest_precedence_failure_present(obs: Observations) ->
         present.add(Verdict.ROLLBACK_FAILED)
     if obs.infra_error is not None:
         present.add(Verdict.INFRA_ERROR)
-    decision = decide(obs, pre_install=PASSED)
-    assert decision.verdict is min(present, key=lambda v: v.precedence)
+    decision = decide(run(obs))
+    assert decision.verdict is min(present, key=lambda v: v.severity)
     assert (decision.attribution is None) == (decision.verdict is Verdict.PASS)
     assert "\n" not in decision.reason
 

@@ -150,7 +150,7 @@ def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
     c = node.mapping(
         "candidate",
         required=("name", "version", "payload", "install", "uninstall"),
-        optional=("exit_codes",),
+        optional=("exit_codes", "reboots"),
     )
     payload = (base / c["payload"].text("payload")).resolve()
     if not payload.is_dir():
@@ -172,6 +172,7 @@ def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
         version=c["version"].text("candidate version"),
         payload=payload,
         commands=commands,
+        reboots=c["reboots"].integer("reboots", minimum=0) if "reboots" in c else 0,
     )
     return candidate, {"install": c["install"]}
 
@@ -186,7 +187,7 @@ def _scenario_overrides(node: Node) -> dict[str, Any]:
 
 
 def _scenario_value(key: str, value: Node) -> Any:
-    if key in ("boots", "boot_loop"):
+    if key in ("boots", "boot_loop", "reruns"):
         return value.integer(key, minimum=1)
     if key in ("boot_timeout", "bake"):
         return value.number(key, minimum=0)

@@ -22,6 +22,9 @@ class Candidate:
     version: str
     payload: Path
     commands: Mapping[OsFamily, Commands]
+    # How often its installer restarts the guest by itself (Windows servicing does): resets up
+    # to this many before the next completed boot are restarts, not a boot loop.
+    reboots: int = 0
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class ScenarioSettings:
     boot_timeout: float = 600.0
     bake: float = 60.0
     baseline: Baseline = "on_failure"
+    # Baseline reruns without the candidate for a failing cell: more than one tells an
+    # intermittent failure of the configuration from the candidate's.
+    reruns: int = 1
     rollback: bool = True
     # N resets or crashes without a completed boot between them make a boot loop.
     boot_loop: int = 3

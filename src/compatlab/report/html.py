@@ -183,7 +183,7 @@ def summarize(cells: Sequence[CellResult], not_run: int = 0) -> Summary:
         notes.append(f"{unknown} without a verdict on the candidate (infra error or not run)")
     if candidate:
         kinds = Counter(c.verdict for c in candidate)
-        parts = [f"{n} {v.value}" for v, n in sorted(kinds.items(), key=lambda i: i[0].precedence)]
+        parts = [f"{n} {v.value}" for v, n in sorted(kinds.items(), key=lambda i: i[0].severity)]
         codes = sorted({f"{c.bugcheck.code} {c.bugcheck.name}" for c in candidate if c.bugcheck})
         detail = "; ".join([", ".join(parts)] + ([f"bugcheck {', '.join(codes)}"] if codes else []))
         return Summary(
@@ -369,7 +369,7 @@ def _signatures(failing: Sequence[CellResult], slugs: dict[int, str]) -> list[_S
         )
         for (verdict, code, who), cells in groups.items()
     ]
-    return sorted(out, key=lambda s: (Verdict(s.verdict).precedence, -s.cells, s.bugcheck))
+    return sorted(out, key=lambda s: (Verdict(s.verdict).severity, -s.cells, s.bugcheck))
 
 
 def _environment() -> Environment:
@@ -421,7 +421,7 @@ def render_html(
     counts = Counter(c.verdict.value for c in cells)
     failing = sorted(
         (c for c in cells if c.verdict.is_failure),
-        key=lambda c: (c.verdict.precedence, _natural(c.id)),
+        key=lambda c: (c.verdict.severity, _natural(c.id)),
     )
     duration = (
         _duration(((run.finished or run.started) - run.started).total_seconds())

@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import threading
+import typing
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -56,7 +57,7 @@ __all__ = [
 SCHEMA = 1
 RESULTS_FILE = "results.json"
 _S = TypeVar("_S", bound=str)
-_BOOT_OUTCOMES: tuple[BootOutcome, ...] = ("completed", "crash", "reset", "hang", "watchdog")
+_BOOT_OUTCOMES: tuple[BootOutcome, ...] = typing.get_args(BootOutcome)
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,14 @@ def _cell(r: _Reader, value: object, where: str) -> CellResult:
         checks=[dict(r.obj(x, f"{where}.checks[{i}]")) for i, x in enumerate(checks)],
         matrix=r.opt_text(c, "matrix", where),
         attempts=r.integer(c, "attempts", where) if "attempts" in c else 1,
+        phases=[
+            dict(r.obj(x, f"{where}.phases[{i}]"))
+            for i, x in enumerate(r.items(c, "phases", where) if "phases" in c else [])
+        ],
+        reruns=[
+            dict(r.obj(x, f"{where}.reruns[{i}]"))
+            for i, x in enumerate(r.items(c, "reruns", where) if "reruns" in c else [])
+        ],
     )
 
 

@@ -1,0 +1,141 @@
+"""The life of one VM of a cell, read top to bottom like a runbook.
+
+::
+
+    provision   overlay on the golden image, domain defined and started, first boot
+    products    each coexisting product installed from its payload ISO
+    baseline    reboot: the configuration must boot clean, and its products be healthy
+    install     the candidate's installer, its exit code read by its declared meanings
+    boots       reboot ``boots`` times; each must complete within ``boot_timeout`` and stay up
+                ``bake`` seconds with no crash
+    checks      products still healthy, no crash evidence, boot time not regressed, custom checks
+    rollback    uninstall, reboot, boots clean, products healthy
+
+A rerun without the candidate (``with_candidate=False``) runs the same book and skips install
+and rollback. Every phase is watched by the hypervisor: a failure of the guest in any of them
+(:class:`GuestFailed`) ends the book there, after watching the guest settle -- so a crash in the
+installer that repeats at every boot reads as the boot loop it is. A failure before the
+candidate is the configuration's; the candidate is then not installed.
+"""
+
+from __future__ import annotations
+
+from compatlab.errors import LabError
+from compatlab.model import Phase
+from compatlab.scenario import checks
+from compatlab.scenario.session import GuestFailed, Session
+from compatlab.scenario.steps import install
+
+__all__ = ["run_book"]
+
+
+def run_book(vm: Session) -> None:
+    """Run the VM's phases in order, until one fails. The record holds what each saw."""
+    try:
+        _phases(vm)
+    except GuestFailed:
+        vm.settle()
+
+
+def _phases(vm: Session) -> None:
+    cell, scenario = vm.cell, vm.cell.scenario
+    with vm.phase(Phase.PROVISION):
+        vm.machine.start()
+        # Ask the guest only once the hypervisor has said it started: an answer before that
+        # would be dropped by the watcher, and the boot would never count as complete.
+        vm.pump(lambda: vm.watcher.is_booting, limit=60.0)
+        vm.probe.arm()
+        try:
+            vm.boot()
+        except GuestFailed as failed:
+            if vm.watcher.crashes:
+                raise  # the image crashes on this hardware: the configuration's failure
+            raise LabError(
+                f"the golden image did not boot: {failed.detail}",
+                host=vm.lab.hypervisor.host,
+                domain=vm.machine.name,
+            ) from failed
+
+    with vm.phase(Phase.PRODUCTS) as phase:
+        for product in cell.products:
+            payload = product.payload_for(cell.os_family)
+            assert payload is not None  # the matrix loader checked this
+            vm.say(f"installing {product.name}")
+            commands = payload.commands
+            record = install(
+                vm, payload.folder, commands.install, commands.exit_codes, product.name
+            )
+            if record.meaning == "failure":
+                phase.add(install_failure=record)
+                return
+
+    with vm.phase(Phase.BASELINE) as phase:
+        vm.reboot()
+        try:
+            baseline_seconds = vm.boot()
+        except GuestFailed as failed:
+            if vm.watcher.outcome is not None and vm.watcher.outcome.kind == "hang":
+                raise LabError(
+                    f"the baseline boot never completed: {failed.detail}",
+                    host=vm.lab.hypervisor.host,
+                    domain=vm.machine.name,
+                ) from failed
+            raise
+        failed_checks = checks.health(vm, "baseline")
+        windows = checks.windows_baseline(vm)
+        if failed_checks:
+            phase.add(failed_checks=tuple(failed_checks))
+            return
+
+    if vm.record.with_candidate:
+        commands = cell.candidate.commands[cell.os_family]
+        with vm.phase(Phase.INSTALL) as phase:
+            record = install(
+                vm,
+                cell.candidate.payload,
+                commands.install,
+                commands.exit_codes,
+                cell.candidate.name,
+                restarts=cell.candidate.reboots,
+            )
+            if record.meaning == "failure":
+                phase.add(install_failure=record)
+                return
+
+    with vm.phase(Phase.BOOTS):
+        for n in range(1, scenario.boots + 1):
+            vm.say(f"boot {n} of {scenario.boots}")
+            vm.reboot()
+            vm.boot()
+            vm.say(f"baking {scenario.bake:g} s (boot {n} of {scenario.boots})")
+            vm.bake(scenario.bake)
+
+    with vm.phase(Phase.CHECKS) as phase:
+        failed_checks = checks.health(vm, "after update" if vm.record.with_candidate else "rerun")
+        failed_checks += checks.inside_crash_evidence(vm, windows)
+        failed_checks += checks.boot_time(vm, baseline_seconds)
+        failed_checks += checks.custom(vm)
+        if failed_checks:
+            phase.add(failed_checks=tuple(failed_checks))
+            return
+
+    if vm.record.with_candidate and scenario.rollback:
+        with vm.phase(Phase.ROLLBACK) as phase:
+            record = install(
+                vm,
+                cell.candidate.payload,
+                commands.uninstall,
+                commands.exit_codes,
+                cell.candidate.name,
+                restarts=cell.candidate.reboots,
+            )
+            if record.meaning == "failure":
+                code = record.exit_code
+                how = "did not exit" if code is None else f"exited {code}"
+                phase.add(rollback_failure=f"uninstaller {how}")
+                return
+            vm.reboot()
+            vm.boot()
+            failed_checks = checks.health(vm, "after rollback")
+            if failed_checks:
+                phase.add(rollback_failure="; ".join(failed_checks))

@@ -1,0 +1,109 @@
+"""The guest commands of a cell: run one and keep it as evidence, install a payload from its ISO.
+
+Every command goes through :meth:`Session.call`, so a crash while it runs ends it at once and is
+recorded in the running phase.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compatlab.catalog import ExitCodes
+from compatlab.errors import GuestError
+from compatlab.guest.media import cached_iso
+from compatlab.model import CommandRecord
+from compatlab.scenario.checks import COMMAND_TIMEOUT
+from compatlab.scenario.session import GuestRestarted
+
+if TYPE_CHECKING:
+    from compatlab.scenario.session import Session
+
+__all__ = ["INSTALL_TIMEOUT", "PAYLOAD_LABEL", "install", "must", "run_command"]
+
+PAYLOAD_LABEL = "COMPATLAB"
+INSTALL_TIMEOUT = 900.0  # an installer that runs longer has hung: install_failed
+
+
+def run_command(
+    vm: Session, command: str, timeout: float, codes: ExitCodes | None = None
+) -> CommandRecord:
+    """Run ``command`` in the guest and keep it. With ``codes`` (an installer), a command that
+    never finished in a guest that still answers is the installer's failure, not the lab's."""
+    phase = vm.current.phase.value
+    try:
+        result = vm.call("a command", lambda: vm.channel.run(command, timeout=timeout))
+    except GuestError as exc:
+        if codes is None or not vm.ping(5):
+            raise
+        record = CommandRecord(phase, command, None, "", str(exc), timeout, "failure")
+        vm.record.commands.append(record)
+        return record
+    meaning = codes.meaning(result.exit_code) if codes else ""
+    record = CommandRecord(
+        phase, command, result.exit_code, result.stdout, result.stderr, result.seconds, meaning
+    )
+    vm.record.commands.append(record)
+    return record
+
+
+def must(vm: Session, command: str, what: str) -> None:
+    """A routine command of the lab's (mount, unmount): failing is the lab's failure."""
+    record = run_command(vm, command, COMMAND_TIMEOUT)
+    if record.exit_code != 0:
+        raise GuestError(
+            f"could not {what}: exit {record.exit_code}: "
+            f"{record.stderr.strip() or record.stdout.strip()}",
+            channel=vm.channel.name,
+            domain=vm.machine.name,
+        )
+
+
+def install(
+    vm: Session,
+    folder: Path,
+    command: str,
+    codes: ExitCodes,
+    name: str,
+    *,
+    restarts: int = 0,
+) -> CommandRecord:
+    """Pack ``folder`` as an ISO, insert it, mount it, run the installer ``command``, clean up.
+
+    ``restarts``: how often the installer may restart the guest by itself. A restart in the
+    middle of the command then ends it with the meaning ``reboot`` once the guest is back; an
+    undeclared one is an install failure.
+    """
+    conventions = vm.cell.image.conventions
+    iso = cached_iso(folder, vm.lab.iso_cache, label=PAYLOAD_LABEL)
+    vm.machine.insert_cdrom(iso)
+    path = conventions.payload_path
+    if conventions.mount_payload:
+        must(
+            vm,
+            conventions.mount_payload.format(label=PAYLOAD_LABEL, path=path),
+            "mount the payload",
+        )
+    # str.replace, not format: installer command lines hold braces of their own.
+    line = command.replace("{payload}", path)
+    vm.watcher.allow_restarts(restarts)
+    try:
+        record = run_command(vm, line, INSTALL_TIMEOUT, codes)
+    except GuestRestarted:
+        phase = vm.current.phase.value
+        if restarts:
+            detail, meaning = "restarted the guest (declared)", "reboot"
+        else:
+            detail = "restarted the guest mid-command, and declares no restarts (reboots: N)"
+            meaning = "failure"
+        record = CommandRecord(phase, line, None, "", detail, 0.0, meaning)
+        vm.record.commands.append(record)
+        vm.note("scenario", "install", f"{name}: {detail}")
+        vm.boot()  # back up before anything else is asked of the guest
+        vm.machine.eject_cdrom()
+        return record
+    vm.note("scenario", "install", f"{name}: exit {record.exit_code} ({record.meaning})")
+    if conventions.unmount_payload:
+        must(vm, conventions.unmount_payload.format(path=path), "unmount the payload")
+    vm.machine.eject_cdrom()
+    return record

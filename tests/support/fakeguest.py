@@ -1,0 +1,171 @@
+"""A scripted guest on libvirt's ``test:///default`` driver: whole cells in milliseconds.
+
+The lab is real -- :class:`~compatlab.lab.machine.Machine` defines, starts, resets and destroys a
+domain on the test driver, and its ``started``/``stopped`` events come from libvirt's event loop.
+The guest is not: :class:`ScriptedGuest` is a typed :class:`~compatlab.guest.channel.Channel`
+that answers pings, runs commands and crashes as a test scripts it, and tells the domain's event
+stream what a real guest's would, in the shapes recorded from real QEMU guests here:
+
+* a kernel panic: ``crashed``/``panicked`` (libvirt lifecycle), the panic text on the serial log;
+* a warm reset after a crash (reset + resume): two ``reboot`` events ~40 ms apart;
+* a guest reboot: one ``reboot`` event;
+* the serial console's boot-complete line: ``boot_marker``.
+
+Nothing here is Windows or QEMU; it exists so every wrong-verdict path of the runner has a test
+that runs in the unit tier.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from compatlab.errors import GuestTimeout, GuestUnreachable
+from compatlab.guest.channel import CommandResult
+from compatlab.lab.connection import Hypervisor
+from compatlab.lab.machine import Machine
+from compatlab.lab.storage import CellStorage
+
+BootScript = Literal["ok", "crash", "hang", "dead-agent"]
+CommandScript = CommandResult | Literal["crash", "restart", "hang"]
+
+PANIC = """\
+BUG: kernel NULL pointer dereference, address: 000000000000009c
+#PF: supervisor read access in kernel mode
+Oops: 0000 [#1] PREEMPT SMP NOPTI
+RIP: 0010:acme_check_neighbours+0x24/0x60 [acme_sensor]
+Kernel panic - not syncing: Fatal exception
+"""
+
+
+class TestMachine(Machine):
+    """A Machine on the test driver: media changes are remembered (the driver has no
+    updateDeviceFlags), and a warm reset reports the two REBOOT events QEMU's does."""
+
+    __test__ = False
+
+    def __init__(self, hypervisor: Hypervisor, xml: str, storage_dir: Path, *, epoch: float):
+        name = ET.fromstring(xml).findtext("name")
+        test_xml = (
+            f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
+            "<os><type>hvm</type></os></domain>"
+        )
+        super().__init__(hypervisor, test_xml, storage_dir, epoch=epoch)
+        self.media: list[str | None] = []
+        self.echoes: set[float] = set()  # the second REBOOT of each warm reset
+
+    def insert_cdrom(self, iso: Path) -> None:
+        self.media.append(iso.name)
+
+    def eject_cdrom(self) -> None:
+        self.media.append(None)
+
+    def restart_after_crash(self) -> None:
+        self.reset()
+        self.watch.record("libvirt", "reboot")
+        time.sleep(0.04)
+        self.echoes.add(self.watch.record("libvirt", "reboot").t)
+
+
+class TestStorage(CellStorage):
+    """A cell folder under a temporary root; the overlay is an empty file (no qemu-img)."""
+
+    __test__ = False
+
+    def create_overlay(self, golden: Path) -> Path:
+        self.overlay.write_bytes(b"")
+        return self.overlay
+
+
+@dataclass
+class ScriptedGuest:
+    """The guest of one VM. ``boots``: how each boot goes, in order (then ``ok``); ``commands``:
+    what a command containing the key does (default: exit 0)."""
+
+    machine: Machine
+    serial_log: Path
+    boots: list[BootScript] = field(default_factory=list)
+    commands: Mapping[str, CommandScript] = field(default_factory=dict)
+    boot_seconds: float = 0.05
+    ran: list[str] = field(default_factory=list)
+    _boot: BootScript = "ok"
+    _boot_started: float = 0.0
+    _seen_starts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    name = "agent"
+
+    # -- the guest's side of the hypervisor ------------------------------------------------
+
+    def _follow_boots(self) -> None:
+        """A new boot began when the timeline shows a start or a reset (a pair of warm-reset
+        REBOOTs counts once, as the watcher counts it)."""
+        echoes = getattr(self.machine, "echoes", set())
+        with self._lock:
+            starts = sum(
+                1
+                for event in self.machine.watch.timeline.snapshot()
+                if event.kind == "started" or (event.kind == "reboot" and event.t not in echoes)
+            )
+            while self._seen_starts < starts:
+                self._seen_starts += 1
+                self._boot = self.boots.pop(0) if self.boots else "ok"
+                self._boot_started = time.monotonic()
+                with self.serial_log.open("a") as log:
+                    log.write(f"compatlab-guest: boot {self._seen_starts} started\n")
+                if self._boot == "crash":
+                    self._panic()
+                elif self._boot == "dead-agent":
+                    self.machine.watch.record("serial", "boot_marker", "services started")
+
+    def _panic(self) -> None:
+        with self.serial_log.open("a") as log:
+            log.write(PANIC)
+        self.machine.watch.record("libvirt", "crashed", "panicked")
+
+    # -- Channel --------------------------------------------------------------------------
+
+    def ping(self, timeout: float) -> bool:
+        self._follow_boots()
+        if not self._seen_starts:
+            return False  # not started yet
+        return self._boot == "ok" and time.monotonic() - self._boot_started >= self.boot_seconds
+
+    def wait_ready(self, timeout: float, *, poll: float = 0.5) -> float:
+        raise NotImplementedError  # the runner waits on events, never on this
+
+    def run(self, command: str, *, timeout: float, shell: str | None = None) -> CommandResult:
+        self.ran.append(command)
+        script: CommandScript = CommandResult(0, "", "", 0.01)
+        for key, value in self.commands.items():
+            if key in command:
+                script = value
+                break
+        if isinstance(script, CommandResult):
+            return script
+        if script == "crash":
+            self._panic()
+            time.sleep(timeout)  # the agent never answers a crashed guest
+            raise GuestTimeout(f"no answer within {timeout:g} s", channel="agent")
+        if script == "restart":
+            self.machine.watch.record("libvirt", "reboot")
+            raise GuestUnreachable("agent disconnected", channel="agent")
+        time.sleep(timeout)
+        raise GuestTimeout(f"no answer within {timeout:g} s", channel="agent")
+
+    def write_file(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read_file(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def reboot(self) -> None:
+        self.machine.watch.record("libvirt", "reboot")
+
+    def shutdown(self) -> None:
+        self.machine.watch.record("libvirt", "shutdown")

@@ -1,0 +1,324 @@
+"""Whole cells through the real runner, on libvirt's ``test:///default`` driver with a scripted
+guest (tests/support/fakeguest.py): every wrong-verdict path of issue 7, in milliseconds.
+
+Each test names the path it guards. On the runner as it was (events read only inside the boot
+wait, one set of observations per VM, enum-order comparisons), each of these ended differently:
+a crash while a command ran surfaced as a GuestError and the cell as ``infra_error``; a product's
+crash at the baseline boot was counted against the candidate; a lost rerun still said
+``candidate``; a dead agent read as ``hang``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compatlab.errors import LabError, StorageError
+from compatlab.guest.channel import CommandResult
+from compatlab.lab.connection import Hypervisor
+from compatlab.lab.machine import Machine
+from compatlab.lab.reaper import Controller
+from compatlab.matrix import Cell, load_matrix
+from compatlab.model import Attribution, CellResult, Verdict
+from compatlab.scenario import LabContext, run_cell
+from tests.support.catalogs import make_project, matrix
+from tests.support.fakeguest import (
+    BootScript,
+    ScriptedGuest,
+    TestMachine,
+    TestStorage,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = (
+    "scenario: {boots: 2, boot_timeout: 1.5, bake: 0.1, boot_loop: 3, baseline: on_failure,"
+    " rollback: true}\n"
+)
+INSTALL = "payload/install.sh"
+UNINSTALL = "payload/uninstall.sh"
+PRODUCT = "payload/i.sh"
+EXIT_1 = CommandResult(1, "", "not running", 0.01)
+
+
+@pytest.fixture(scope="module")
+def hv() -> Iterator[Hypervisor]:
+    with Hypervisor("test:///default") as hypervisor:
+        yield hypervisor
+
+
+def cell(tmp_path: Path, products: str = "[[]]", extra: str = "", candidate: str = "") -> Cell:
+    root = make_project(tmp_path / "project", builds=("lin",), hardware=("bios-1cpu",))
+    for name in ("av", "edr", "dlp", "candidate"):
+        (root / "payloads" / name).mkdir(parents=True, exist_ok=True)
+        (root / "payloads" / name / "install.sh").write_text("exit 0\n")
+    body = f"axes: {{build: [lin], hardware: [bios-1cpu], products: {products}}}\n"
+    path = matrix(root, body + SCENARIO + extra)
+    if candidate:
+        path.write_text(path.read_text().replace("  exit_codes:", candidate + "  exit_codes:", 1))
+    loaded = load_matrix(path, catalog_root=root)
+    assert len(loaded.cells) == 1
+    return loaded.cells[0]
+
+
+class Guests:
+    """One script per VM, in the order the runner makes them (attempts, then reruns)."""
+
+    def __init__(self, *scripts: dict[str, Any]) -> None:
+        self.scripts = list(scripts)
+        self.made: list[ScriptedGuest] = []
+
+    def __call__(self, cell: Cell, machine: Machine) -> ScriptedGuest:
+        script = self.scripts.pop(0) if self.scripts else {}
+        if isinstance(script, Exception):
+            raise script
+        assert machine.storage_dir is not None
+        guest = ScriptedGuest(machine, machine.storage_dir / "serial.log", **script)
+        self.made.append(guest)
+        return guest
+
+
+def run(
+    hv: Hypervisor, tmp_path: Path, the_cell: Cell, guests: Callable[..., Any], **lab: Any
+) -> CellResult:
+    context = LabContext(
+        hypervisor=hv,
+        accel="qemu",
+        run_id="unit-run",
+        storage_root=tmp_path / "storage",
+        template_dir=ROOT / "configs" / "templates",
+        report_dir=tmp_path / "report",
+        iso_cache=tmp_path / "iso",
+        controller=Controller.current(),
+        retry_wait=0.0,
+        storages=lab.pop("storages", TestStorage),
+        machines=lab.pop("machines", TestMachine),
+        channels=guests,
+        **lab,
+    )
+    result = run_cell(the_cell, context)
+    json.dumps(result.as_json())  # always serialisable
+    left = [d.name() for d in hv.domains() if d.name().startswith("compatlab-")]
+    assert not left, f"left behind: {left}"
+    return result
+
+
+def boots(*scripts: BootScript) -> list[BootScript]:
+    return list(scripts)
+
+
+# -- no blind window ---------------------------------------------------------------------------
+
+
+def test_a_crash_while_the_installer_runs_then_at_every_boot_is_the_candidates_boot_loop(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """The July 2024 shape: the running sensor loads new content while its installer runs."""
+    guests = Guests(
+        {"commands": {INSTALL: "crash"}, "boots": boots("ok", "ok", "crash", "crash")}, {}
+    )
+    started = time.monotonic()
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert time.monotonic() - started < 60  # the installer's call was abandoned, not waited out
+    assert (result.verdict, result.attribution) == (Verdict.BOOT_LOOP, Attribution.CANDIDATE)
+    assert result.attempts == 1  # never retried
+    assert result.bugcheck is not None and result.bugcheck.code == "panic"
+    install = next(p for p in result.phases if p["phase"] == "install")
+    assert install["outcome"] == "boot_loop"
+    assert [r["verdict"] for r in result.reruns] == ["pass"]
+
+
+def test_a_crash_while_the_installer_runs_and_clean_boots_after_is_a_crash(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"commands": {INSTALL: "crash"}}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)
+    assert "1 crash" in result.reason
+
+
+def test_a_crash_during_a_custom_check_is_seen_in_the_checks_phase(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    def check(guest: Any, _cell: Cell) -> list[Any]:
+        guest.run("probe-the-sensor", timeout=600)
+        return []
+
+    guests = Guests({"commands": {"probe-the-sensor": "crash"}}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests, checks=check)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)
+    checks = next(p for p in result.phases if p["phase"] == "checks")
+    assert checks["outcome"] == "crash"
+
+
+def test_a_crash_in_the_uninstaller_is_rollback_failed_with_its_evidence(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"commands": {UNINSTALL: "crash"}})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (
+        Verdict.ROLLBACK_FAILED,
+        Attribution.CANDIDATE,
+    )
+    assert result.bugcheck is not None and result.bugcheck.code == "panic"
+    assert "rollback failed: crash" in result.reason
+    rollback = next(p for p in result.phases if p["phase"] == "rollback")
+    assert rollback["outcome"] == "crash"
+    shots = sorted(p.name for p in (tmp_path / "report").rglob("*.png"))
+    assert "rollback-crash-1.png" in shots
+
+
+# -- observations scoped by phase --------------------------------------------------------------
+
+
+def test_a_products_crash_at_the_baseline_boot_is_the_configurations_never_the_candidates(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"boots": boots("ok", "crash")})
+    result = run(hv, tmp_path, cell(tmp_path, products="[[edr]]"), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.BASELINE)
+    assert "before the candidate was installed (phase baseline)" in result.reason
+    assert not any(INSTALL in c for c in guests.made[0].ran)  # the candidate was never installed
+    assert result.reruns == []
+
+
+def test_a_rerun_that_crashes_before_its_own_candidate_phase_makes_it_baseline(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """The rerun's whole outcome counts: here it crashed at its baseline boot."""
+    guests = Guests({"boots": boots("ok", "ok", "crash")}, {"boots": boots("ok", "crash")})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.BASELINE)
+    assert result.reruns[0]["verdict"] == "crash"
+
+
+def test_evidence_of_attempts_and_reruns_is_kept_apart(hv: Hypervisor, tmp_path: Path) -> None:
+    guests = Guests({"boots": boots("ok", "ok", "crash")}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert result.artifacts["screenshot"].split("/")[-2] == "attempt-1"
+    assert any(k.startswith("rerun-1/") for k in result.artifacts)
+    assert result.artifacts["screenshot"].endswith("boots-crash-1.png")
+
+
+# -- a hung boot is not an unreachable guest ---------------------------------------------------
+
+
+def test_a_guest_that_booted_but_whose_agent_is_dead_is_not_a_hang(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"boots": boots("ok", "ok", "dead-agent")}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CHECK_FAILED, Attribution.CANDIDATE)
+    assert result.reason.startswith("unreachable: boot 3: the guest finished booting")
+
+
+def test_a_boot_with_no_sign_of_life_is_still_a_hang(hv: Hypervisor, tmp_path: Path) -> None:
+    guests = Guests({"boots": boots("ok", "ok", "hang")}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.HANG, Attribution.CANDIDATE)
+
+
+# -- installers that restart the machine -------------------------------------------------------
+
+
+def test_declared_restarts_during_the_install_are_not_failures(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"commands": {INSTALL: "restart"}})
+    the_cell = cell(tmp_path, candidate="  reboots: 1\n")
+    assert the_cell.candidate.reboots == 1
+    result = run(hv, tmp_path, the_cell, guests)
+    assert result.verdict is Verdict.PASS, result.reason
+
+
+def test_an_undeclared_restart_during_the_install_is_an_install_failure(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"commands": {INSTALL: "restart"}})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (
+        Verdict.INSTALL_FAILED,
+        Attribution.CANDIDATE,
+    )
+    assert "declares no restarts" in json.dumps(result.as_json()["commands"])
+
+
+# -- attribution that says how sure it is ------------------------------------------------------
+
+
+def test_a_rerun_the_lab_could_not_run_leaves_the_failure_unconfirmed(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    broken = LabError("libvirtd went away", host="lab-1")
+    guests = Guests({"boots": boots("ok", "ok", "crash")}, broken, broken)  # type: ignore[arg-type]
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.UNCONFIRMED)
+    assert result.reruns[0]["verdict"] == "infra_error"
+
+
+def test_more_reruns_find_an_intermittent_failure_of_the_configuration(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests(
+        {"boots": boots("ok", "ok", "crash")}, {}, {"boots": boots("ok", "ok", "crash")}
+    )
+    the_cell = cell(tmp_path, extra="include: [{scenario: {reruns: 3}}]\n")
+    result = run(hv, tmp_path, the_cell, guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.BASELINE)
+    assert [r["verdict"] for r in result.reruns] == ["pass", "crash"]  # stopped at the second
+
+
+# -- every selected cell gets exactly one result -----------------------------------------------
+
+
+def test_an_unexpected_exception_in_the_runner_is_infra_error_with_its_text(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests(RuntimeError("a bug in a channel"))  # type: ignore[arg-type]
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert "RuntimeError: a bug in a channel" in result.reason
+
+
+class FailingRemoval(TestStorage):
+    def remove(self) -> None:
+        super().remove()
+        raise StorageError("removing the folder: device busy", host="lab-1")
+
+
+def test_a_storage_removal_error_after_a_verdict_keeps_the_verdict(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"boots": boots("ok", "ok", "crash")}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests, storages=FailingRemoval)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)
+    assert any(e.kind == "cleanup_failed" and "device busy" in e.detail for e in result.events)
+
+
+def test_an_evidence_copy_error_keeps_the_verdict(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compatlab.lab.evidence import CellEvidence
+
+    def broken(self: CellEvidence) -> dict[str, str]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CellEvidence, "keep", broken)
+    guests = Guests({"boots": boots("ok", "ok", "crash")}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)
+    assert any("No space left" in e.detail for e in result.events)
+
+
+def test_a_lab_failure_with_no_guest_failure_is_retried_then_infra_error(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    broken = LabError("cannot open the agent socket", host="lab-1")
+    guests = Guests(broken, broken)  # type: ignore[arg-type]
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert result.attempts == 2
