@@ -121,7 +121,10 @@ class ScriptedGuest:
                 if self._boot == "crash":
                     self._panic()
                 elif self._boot == "dead-agent":
-                    self.machine.watch.record("serial", "boot_marker", "services started")
+                    offset = self.serial_log.stat().st_size if self.serial_log.exists() else 0
+                    self.machine.watch.record(
+                        "serial", "boot_marker", "services started", offset=str(offset)
+                    )
 
     def _panic(self) -> None:
         with self.serial_log.open("a") as log:

@@ -11,6 +11,7 @@ crash at the baseline boot was counted against the candidate; a lost rerun still
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -322,3 +323,24 @@ def test_a_lab_failure_with_no_guest_failure_is_retried_then_infra_error(
     result = run(hv, tmp_path, cell(tmp_path), guests)
     assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
     assert result.attempts == 2
+
+
+def test_a_crash_in_the_last_moment_of_the_book_is_still_judged(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """The guest panics just after the last check returned, while no call is running: the
+    event is on the queue when the book ends, and is judged before the VM goes."""
+
+    panicked: list[bool] = []
+
+    def check(guest: Any, _cell: Cell) -> list[Any]:
+        if not panicked:  # the candidate's VM only: the rerun's guest stays up
+            panicked.append(True)
+            # What the guest does a moment after answering the last check.
+            threading.Timer(0.3, guest._panic).start()
+        return []
+
+    guests = Guests({}, {})
+    the_cell = cell(tmp_path, extra="include: [{scenario: {rollback: false}}]\n")
+    result = run(hv, tmp_path, the_cell, guests, checks=check)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)

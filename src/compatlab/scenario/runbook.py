@@ -33,6 +33,7 @@ def run_book(vm: Session) -> None:
     """Run the VM's phases in order, until one fails. The record holds what each saw."""
     try:
         _phases(vm)
+        vm.drain()
     except GuestFailed:
         vm.settle()
 

@@ -304,7 +304,8 @@ class Session:
                     host=self.lab.hypervisor.host,
                     domain=self.machine.name,
                 )
-            if event.kind == "boot_marker" and int(event.data.get("offset", "-1")) < self._boot_log:
+            offset = event.data.get("offset") if event.kind == "boot_marker" else None
+            if offset is not None and int(offset) < self._boot_log:
                 # Printed before the reset that began this boot, read after it: not this boot's.
                 event = replace(event, kind="stale_boot_marker")
             was_booting = self.watcher.is_booting
@@ -320,6 +321,12 @@ class Session:
                 raise GuestFailed(failure.detail)
         if fail and self.watcher.outcome is not None:
             raise GuestFailed(self.watcher.outcome.detail)
+
+    def drain(self) -> None:
+        """Watch a last moment (:data:`GRACE`) after the book's last step: a crash that came
+        just after the last command answered, while no call was running, is judged too."""
+        end = time.monotonic() + GRACE
+        self.pump(lambda: time.monotonic() >= end)
 
     def _on_finding(self, finding: Finding) -> None:
         phase = finding.phase or "run"
