@@ -73,7 +73,8 @@ class GuestConventions:
                 payload_path="D:\\",
                 mount_payload=None,
                 unmount_payload=None,
-                service_check='sc query "{service}" | findstr /C:RUNNING',
+                # The lab quotes {service} itself (compatlab.guest.quoting).
+                service_check="sc query {service} | findstr /C:RUNNING",
             )
         return cls(
             payload_path="/run/compatlab/payload",

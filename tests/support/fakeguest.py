@@ -32,7 +32,8 @@ from compatlab.lab.machine import Machine
 from compatlab.lab.storage import CellStorage
 
 BootScript = Literal["ok", "crash", "hang", "dead-agent"]
-CommandScript = CommandResult | Literal["crash", "restart", "hang"]
+# A list: one result per call, in order, the last one repeated.
+CommandScript = CommandResult | list[CommandResult] | Literal["crash", "restart", "hang"]
 
 PANIC = """\
 BUG: kernel NULL pointer dereference, address: 000000000000009c
@@ -149,6 +150,8 @@ class ScriptedGuest:
             if key in command:
                 script = value
                 break
+        if isinstance(script, list):
+            return script.pop(0) if len(script) > 1 else script[0]
         if isinstance(script, CommandResult):
             return script
         if script == "crash":

@@ -10,6 +10,7 @@ crash at the baseline boot was counted against the candidate; a lost rerun still
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -344,3 +345,50 @@ def test_a_crash_in_the_last_moment_of_the_book_is_still_judged(
     the_cell = cell(tmp_path, extra="include: [{scenario: {rollback: false}}]\n")
     result = run(hv, tmp_path, the_cell, guests, checks=check)
     assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)
+
+
+# -- values in the lab's own command lines; the payload medium --------------------------------
+
+
+def test_a_service_name_is_quoted_into_the_health_check(hv: Hypervisor, tmp_path: Path) -> None:
+    """Issue 8: a catalog's service name was substituted into the shell command unquoted."""
+    the_cell = cell(tmp_path, products="[[av]]")
+    product = the_cell.products[0]
+    linux = product.payload_for("linux")
+    assert linux is not None
+    hostile = "acme; touch /tmp/pwned"
+    health = dataclasses.replace(linux.health, services=(hostile,))
+    payload = dataclasses.replace(linux, health=health)
+    the_cell = dataclasses.replace(
+        the_cell, products=(dataclasses.replace(product, payloads={"linux": payload}),)
+    )
+    guests = Guests({})
+    run(hv, tmp_path, the_cell, guests)
+    checks = [c for c in guests.made[0].ran if "is-active" in c]
+    assert checks and all(c.endswith("'acme; touch /tmp/pwned'") for c in checks), checks
+
+
+def test_the_lab_waits_for_the_guest_to_see_the_payload_medium(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """Issue 8: a mount that does not wait for udev failed the first tries after the media
+    change; every cell ended infra_error ("could not mount the payload")."""
+    not_yet = CommandResult(32, "", "mount: can't find LABEL=COMPATLAB", 0.01)
+    mounted = CommandResult(0, "", "", 0.01)
+    guests = Guests({"commands": {"mount -o ro": [not_yet, not_yet, mounted]}})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert result.verdict is Verdict.PASS, result.reason
+    assert any(e.kind == "mount_retried" for e in result.events)
+
+
+def test_a_medium_the_guest_never_sees_is_the_labs_failure_bounded(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compatlab.scenario import steps
+
+    monkeypatch.setattr(steps, "MOUNT_WAIT", 1.0)
+    never = CommandResult(32, "", "mount: can't find LABEL=COMPATLAB", 0.01)
+    guests = Guests({"commands": {"mount -o ro": [never]}}, {"commands": {"mount -o ro": [never]}})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert "could not mount the payload" in result.reason

@@ -30,7 +30,7 @@ COMMAND_TIMEOUT = 120.0  # routine commands: mount, health checks
 
 def health(vm: Session, when: str) -> list[str]:
     """Every product's declared services running and health command passing."""
-    from compatlab.scenario.steps import run_command
+    from compatlab.scenario.steps import run_command, shell_word
 
     failed: list[str] = []
     template = vm.cell.image.conventions.service_check
@@ -38,7 +38,7 @@ def health(vm: Session, when: str) -> list[str]:
         payload = product.payload_for(vm.cell.os_family)
         assert payload is not None  # the matrix loader checked this
         for service in payload.health.services:
-            command = template.format(service=service)
+            command = template.format(service=shell_word(vm, service))
             ok = run_command(vm, command, COMMAND_TIMEOUT).exit_code == 0
             name = f"{product.name}: service {service} running"
             vm.record.checks.append({"name": name, "when": when, "passed": ok})

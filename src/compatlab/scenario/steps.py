@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import tenacity
+
 from compatlab.catalog import ExitCodes
-from compatlab.errors import GuestError
+from compatlab.errors import GuestError, ImageError
 from compatlab.guest.media import cached_iso
+from compatlab.guest.quoting import UnsafeValue, quote
 from compatlab.model import CommandRecord
 from compatlab.scenario.checks import COMMAND_TIMEOUT
 from compatlab.scenario.session import GuestRestarted
@@ -19,10 +22,20 @@ from compatlab.scenario.session import GuestRestarted
 if TYPE_CHECKING:
     from compatlab.scenario.session import Session
 
-__all__ = ["INSTALL_TIMEOUT", "PAYLOAD_LABEL", "install", "must", "run_command"]
+__all__ = [
+    "INSTALL_TIMEOUT",
+    "MOUNT_WAIT",
+    "PAYLOAD_LABEL",
+    "install",
+    "mount_payload",
+    "must",
+    "run_command",
+    "shell_word",
+]
 
 PAYLOAD_LABEL = "COMPATLAB"
 INSTALL_TIMEOUT = 900.0  # an installer that runs longer has hung: install_failed
+MOUNT_WAIT = 30.0  # how long the guest may take to see a medium just inserted
 
 
 def run_command(
@@ -59,6 +72,37 @@ def must(vm: Session, command: str, what: str) -> None:
         )
 
 
+def shell_word(vm: Session, value: str) -> str:
+    """``value`` quoted for the guest's shell; a value that cannot be is the lab's error."""
+    try:
+        return quote(value, vm.cell.os_family)
+    except UnsafeValue as exc:
+        raise ImageError(f"image {vm.cell.image.name}: {exc}", host=vm.lab.hypervisor.host) from exc
+
+
+def mount_payload(vm: Session, command: str) -> None:
+    """Mount the medium just inserted, retrying while the guest does not see it yet.
+
+    A medium change reaches the guest's kernel, and then udev, a moment after libvirt returns:
+    a mount command that does not wait by itself (the catalog default ``mount -o ro -L``) fails
+    in that moment. The lab waits for the guest rather than rely on each image's script: it
+    retries the mount for up to :data:`MOUNT_WAIT` seconds, then gives up as the lab's failure.
+    """
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(MOUNT_WAIT),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=2.0),
+        retry=tenacity.retry_if_exception_type(GuestError),
+        reraise=True,
+    )
+    tries = 0
+    for attempt in retrying:
+        with attempt:
+            tries += 1
+            must(vm, command, "mount the payload")
+    if tries > 1:
+        vm.note("scenario", "mount_retried", f"the payload mounted at try {tries}")
+
+
 def install(
     vm: Session,
     folder: Path,
@@ -78,13 +122,12 @@ def install(
     iso = cached_iso(folder, vm.lab.iso_cache, label=PAYLOAD_LABEL)
     vm.machine.insert_cdrom(iso)
     path = conventions.payload_path
+    quoted = shell_word(vm, path)
     if conventions.mount_payload:
-        must(
-            vm,
-            conventions.mount_payload.format(label=PAYLOAD_LABEL, path=path),
-            "mount the payload",
-        )
-    # str.replace, not format: installer command lines hold braces of their own.
+        label = shell_word(vm, PAYLOAD_LABEL)
+        mount_payload(vm, conventions.mount_payload.format(label=label, path=quoted))
+    # str.replace, not format: installer command lines hold braces of their own. The user's
+    # command quotes {payload} as its shell wants it; the path itself is checked at load.
     line = command.replace("{payload}", path)
     vm.watcher.allow_restarts(restarts)
     try:
@@ -104,6 +147,6 @@ def install(
         return record
     vm.note("scenario", "install", f"{name}: exit {record.exit_code} ({record.meaning})")
     if conventions.unmount_payload:
-        must(vm, conventions.unmount_payload.format(path=path), "unmount the payload")
+        must(vm, conventions.unmount_payload.format(path=quoted), "unmount the payload")
     vm.machine.eject_cdrom()
     return record
