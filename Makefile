@@ -42,7 +42,9 @@ images: setup
 # The demo's cells are meant to fail (that is the point), so pytest's exit 1 is not an error
 # here. Two reports: the sensor demo, and the fault demos that show the remaining verdicts.
 FAULT_DEMOS := --matrix matrix/demo-hang.yaml --matrix matrix/demo-install-failed.yaml \
-	--matrix matrix/demo-check-failed.yaml
+	--matrix matrix/demo-check-failed.yaml --matrix matrix/demo-install-crash.yaml \
+	--matrix matrix/demo-baseline-crash.yaml --matrix matrix/demo-rollback-crash.yaml \
+	--matrix matrix/demo-agent-dead.yaml
 
 demo: images
 	@$(COMPATLAB) gc --quiet
@@ -50,7 +52,7 @@ demo: images
 	  status=$$?; [ $$status -le 1 ] || exit $$status
 	@$(PYTEST) -p no:cacheprovider $(FAULT_DEMOS) --matrix-report reports/demo-faults; \
 	  status=$$?; [ $$status -le 1 ] || exit $$status
-	@echo "compatlab: fault demos (hang, install_failed, check_failed): $$(pwd)/reports/demo-faults/index.html"
+	@echo "compatlab: fault demos (hang, install_failed, check_failed, a crash in the installer, at the baseline, in the uninstaller, a dead agent): $$(pwd)/reports/demo-faults/index.html"
 	@echo "compatlab: demo report: $$(pwd)/reports/demo/index.html"
 
 # A green `make test` means lint is clean and guests booted: COMPATLAB_REQUIRE_LAB=1 turns a

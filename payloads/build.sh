@@ -5,7 +5,9 @@
 # tiny-linux images boot (KVER, default: the newest kernel in /boot that has headers),
 # so OUTDIR/<name>/ is exactly what the lab packs into an ISO. The .ko files are build
 # output, never committed. Idempotent: a payload whose inputs (files + kernel version)
-# did not change is left alone; FORCE=1 rebuilds.
+# did not change is left alone; FORCE=1 rebuilds. Symbolic links are followed everywhere
+# (hash, copy, module build): a payload shares another's files, e.g. its driver source,
+# through a relative link such as src -> ../acme-sensor-7.11.1/src.
 # Needs (Debian): linux-headers-amd64 (matching linux-image-amd64), gcc, make, ovmf (for
 # the test-signing key; SIGN_KEY/SIGN_CERT/SIGN_PIN choose another).
 set -euo pipefail
@@ -30,7 +32,7 @@ mkdir -p "$OUTDIR"
 for dir in "$HERE"/*/; do
     name=$(basename "$dir")
     [ -f "$dir/install.sh" ] || continue
-    inputs=$( (cd "$dir" && find . -type f | LC_ALL=C sort | xargs sha256sum; echo "kver=$KVER sign=$SIGN_KEY") | sha256sum | cut -d' ' -f1)
+    inputs=$( (cd "$dir" && find -L . -type f | LC_ALL=C sort | xargs sha256sum; echo "kver=$KVER sign=$SIGN_KEY") | sha256sum | cut -d' ' -f1)
     stamp=$OUTDIR/.$name.inputs
     if [ -z "${FORCE:-}" ] && [ -d "$OUTDIR/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then
         echo "payloads/build.sh: $name is up to date"
@@ -38,9 +40,9 @@ for dir in "$HERE"/*/; do
     fi
     work=$(mktemp -d "$OUTDIR/.build.XXXXXX")
     mkdir "$work/out"
-    (cd "$dir" && tar --exclude=./src -cf - .) | (cd "$work/out" && tar -xf -)
+    (cd "$dir" && tar --dereference --exclude=./src -cf - .) | (cd "$work/out" && tar -xf -)
     if [ -f "$dir/src/Kbuild" ]; then
-        cp -r "$dir/src" "$work/src"
+        cp -rL "$dir/src" "$work/src"
         make -s -C "$KBUILD" M="$work/src" modules > "$work/make.log" 2>&1 \
             || { cat "$work/make.log" >&2; rm -rf "$work"; die "$name: module build failed"; }
         for ko in "$work/src/"*.ko; do

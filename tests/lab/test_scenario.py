@@ -31,11 +31,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +42,25 @@ import pytest
 
 from tests.support.lab import require_lab
 from tests.support.libvirtd import PrivateLibvirtd
+from tests.support.matrixrun import (
+    PAYLOADS,
+    ROOT,
+    RUN_TIMEOUT,
+    STORAGE_ROOT,
+    Run,
+    assert_nothing_left,
+    environment,
+    events,
+    finish,
+    is_png,
+    leftover_folders,
+    pytest_command,
+    require_demo_lab,
+    run_matrices,
+)
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-STORAGE_ROOT = Path("/var/lib/compatlab")
-SYSTEM_URI = "qemu:///system"
-GOLDEN = STORAGE_ROOT / "images" / "tinylinux-a" / "disk.qcow2"
-PAYLOADS = ROOT / "payloads" / "build"
-RUN_TIMEOUT = 900.0  # a hung runner must not hang the suite
 
 # The matrix files' own cells, as the README tells developers to select them.
 DEMO = "matrix/demo.yaml"
@@ -62,127 +71,6 @@ PASS_ID = "tinylinux-a/bios-1cpu/acme-av"
 LOOP_ID = "tinylinux-a/bios-1cpu/acme-av+other-edr"
 NONE_ID = "tinylinux-a/bios-1cpu/none"
 
-# -- running the plugin ------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One ``pytest --matrix`` run and what it wrote."""
-
-    report: Path
-    returncode: int
-    output: str
-    seconds: float
-    results: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def run_id(self) -> str:
-        return str(self.results["run"]["id"])
-
-    @property
-    def matrices(self) -> list[str]:
-        return list(self.results["run"]["matrix"])
-
-    def cell(self, matrix: str, cell_id: str) -> dict[str, Any]:
-        found: list[dict[str, Any]] = [
-            c
-            for c in self.results["cells"]
-            if Path(c["matrix"]).name == Path(matrix).name and c["id"] == cell_id
-        ]
-        assert len(found) == 1, f"{matrix}::{cell_id} not in results.json:\n{self.output[-3000:]}"
-        return found[0]
-
-    def artifact(self, cell: dict[str, Any], name: str) -> Path:
-        assert name in cell["artifacts"], f"no {name} among {sorted(cell['artifacts'])}"
-        path: Path = self.report / str(cell["artifacts"][name])
-        assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
-        return path
-
-    def page(self, cell: dict[str, Any]) -> str:
-        """The cell's evidence page (cells/<slug>.html), as the report links it."""
-        from compatlab.report import cell_from_json
-        from compatlab.report.html import cell_slug
-
-        slug = cell_slug(cell_from_json(cell), qualify=len(self.matrices) > 1)
-        page = self.report / "cells" / f"{slug}.html"
-        assert page.is_file(), f"no evidence page {page}"
-        assert f'href="cells/{slug}.html"' in (self.report / "index.html").read_text()
-        return page.read_text()
-
-
-def _environment() -> dict[str, str]:
-    # Nothing of an outer pytest (xdist worker ids, addopts) leaks into the inner run.
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-
-
-def pytest_command(report: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "--matrix-report",
-        str(report),
-        *args,
-    ]
-
-
-def finish(report: Path, returncode: int, output: str, started: float) -> Run:
-    run = Run(report, returncode, output, time.monotonic() - started)
-    results = report / "results.json"
-    assert results.is_file(), f"no results.json (exit {returncode}):\n{output[-5000:]}"
-    run.results = json.loads(results.read_text())
-    return run
-
-
-def run_matrices(report: Path, *args: str) -> Run:
-    started = time.monotonic()
-    proc = subprocess.run(
-        pytest_command(report, *args),
-        cwd=ROOT,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
-    return finish(report, proc.returncode, proc.stdout + proc.stderr, started)
-
-
-# -- what a run must leave behind: nothing ------------------------------------------------------
-
-
-def leftover_domains(uri: str, run_id: str) -> list[str]:
-    """Domains on ``uri`` whose compatlab metadata names this run (any worker's storage id)."""
-    import libvirt
-
-    from compatlab.lab.reaper import read_cell_metadata
-
-    conn = libvirt.open(uri)
-    try:
-        left = []
-        for dom in conn.listAllDomains(0):
-            try:
-                meta = read_cell_metadata(dom)
-            except Exception:  # gone while listing: someone else's, and not left over
-                continue
-            if meta is not None and (meta.run == run_id or meta.run.startswith(f"{run_id}.")):
-                left.append(dom.name())
-        return left
-    finally:
-        conn.close()
-
-
-def leftover_folders(run_id: str) -> list[Path]:
-    return sorted((STORAGE_ROOT / "cells").glob(f"{run_id}*"))
-
-
-def assert_nothing_left(run: Run, uri: str = SYSTEM_URI) -> None:
-    assert leftover_domains(uri, run.run_id) == []
-    assert leftover_folders(run.run_id) == []
-
-
 # -- shared checks --------------------------------------------------------------------------------
 
 
@@ -190,37 +78,19 @@ def phases(cell: dict[str, Any]) -> list[str]:
     return [e["detail"] for e in cell["events"] if e["kind"] == "phase"]
 
 
-def events(cell: dict[str, Any], kind: str, *, rerun: bool = False) -> list[dict[str, Any]]:
-    return [
-        e for e in cell["events"] if e["kind"] == kind and e["source"].startswith("rerun/") == rerun
-    ]
-
-
-def is_png(path: Path) -> bool:
-    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 @pytest.fixture(scope="module")
 def lab_ready() -> None:
     """The demo's prerequisites (``make test`` builds them): without them, require_lab."""
-    import libvirt
-
-    if not GOLDEN.is_file():
-        require_lab(f"no demo image {GOLDEN} (make images)")
-    for payload in (
-        "acme-sensor-7.11.1",
-        "other-edr",
-        "acme-av",
-        "hang-sensor-1.0",
-        "health-breaker-1.0",
-        "broken-installer-1.0",
-    ):
-        if not (PAYLOADS / payload).is_dir():
-            require_lab(f"no {PAYLOADS / payload} (payloads/build.sh)")
-    try:
-        libvirt.open(SYSTEM_URI).close()
-    except libvirt.libvirtError as exc:
-        require_lab(f"no libvirtd at {SYSTEM_URI}: {exc}")
+    require_demo_lab(
+        (
+            "acme-sensor-7.11.1",
+            "other-edr",
+            "acme-av",
+            "hang-sensor-1.0",
+            "health-breaker-1.0",
+            "broken-installer-1.0",
+        )
+    )
 
 
 # -- the demo subset: pass, boot loop, hang, check_failed -----------------------------------------
@@ -274,8 +144,8 @@ def test_pass_cell(demo: Run) -> None:
     assert [b["phase"] for b in cell["boots"]] == [
         "provision",
         "baseline",
-        "candidate",
-        "candidate",
+        "boots",
+        "boots",
         "rollback",
     ]
     assert {b["outcome"] for b in cell["boots"]} == {"completed"}
@@ -287,10 +157,10 @@ def test_pass_cell(demo: Run) -> None:
     assert checks[("acme-av: service acme-av running", "after update")] is True
     assert checks[("acme-av: service acme-av running", "after rollback")] is True
     assert all(checks.values()), checks
-    installs = [c for c in cell["commands"] if c["phase"] in ("product", "candidate", "rollback")]
+    installs = [c for c in cell["commands"] if c["meaning"]]  # installers have meanings
     assert [(c["phase"], c["exit_code"]) for c in installs] == [
-        ("product", 0),
-        ("candidate", 0),
+        ("products", 0),
+        ("install", 0),
         ("rollback", 0),
     ]
     demo.artifact(cell, "serial_log")  # its content: see the evidence test below
@@ -300,7 +170,7 @@ def test_pass_cell(demo: Run) -> None:
 def test_boot_loop_cell_is_the_candidates_with_the_panic_recorded(demo: Run) -> None:
     cell = demo.cell(DEMO, LOOP_ID)
     assert (cell["verdict"], cell["attribution"]) == ("boot_loop", "candidate")
-    assert "the rerun without the candidate passed" in cell["reason"]
+    assert "1 rerun without the candidate passed" in cell["reason"]
     bugcheck = cell["bugcheck"]
     assert bugcheck["code"] == "panic"
     assert bugcheck["name"].startswith("Kernel panic - not syncing")
@@ -308,7 +178,7 @@ def test_boot_loop_cell_is_the_candidates_with_the_panic_recorded(demo: Run) -> 
     # Three crashes in a row after the install (boot_loop: 3); the boots before it completed.
     outcomes = [(b["phase"], b["outcome"]) for b in cell["boots"]]
     assert outcomes[:2] == [("provision", "completed"), ("baseline", "completed")]
-    assert outcomes[2:] == [("candidate", "crash")] * 3
+    assert outcomes[2:] == [("boots", "crash")] * 3
     assert len(events(cell, "crashed")) == 3
     assert all(e["detail"] == "panicked" for e in events(cell, "crashed"))
     assert len(events(cell, "power_cycle")) == 2  # the lab restarted it twice, then decided
@@ -317,11 +187,11 @@ def test_boot_loop_cell_is_the_candidates_with_the_panic_recorded(demo: Run) -> 
     decided = events(cell, "decided")
     assert len(decided) == 1 and decided[0]["detail"].startswith("boot_loop: 3 failed boots")
     # The baseline rerun: a fresh VM with the products and no candidate, booted clean.
-    assert "boot 1 of 2" in [e["detail"] for e in events(cell, "phase", rerun=True)]
+    assert "boots" in [e["detail"] for e in events(cell, "phase", rerun=True)]
     assert not events(cell, "crashed", rerun=True)
     serial = demo.artifact(cell, "serial_log").read_text(errors="replace")
     assert serial.count("Kernel panic - not syncing") >= 3
-    rerun_serial = demo.artifact(cell, "rerun_serial_log").read_text(errors="replace")
+    rerun_serial = demo.artifact(cell, "rerun-1/serial_log").read_text(errors="replace")
     assert "Kernel panic" not in rerun_serial and "other_edr" in rerun_serial
     assert is_png(demo.artifact(cell, "screenshot"))
     page = demo.page(cell)
@@ -332,9 +202,9 @@ def test_hang_cell_is_decided_at_the_boot_timeout_with_a_screenshot(demo: Run) -
     cell = demo.cell(HANG, NONE_ID)
     assert (cell["verdict"], cell["attribution"], cell["bugcheck"]) == ("hang", "candidate", None)
     assert "timeout 45 s" in cell["reason"]
-    assert "the rerun without the candidate passed" in cell["reason"]
+    assert "1 rerun without the candidate passed" in cell["reason"]
     last = cell["boots"][-1]
-    assert (last["phase"], last["outcome"]) == ("candidate", "hang")
+    assert (last["phase"], last["outcome"]) == ("boots", "hang")
     assert 45 <= last["seconds"] < 50  # decided by the first tick past the deadline
     decided = events(cell, "decided")
     assert len(decided) == 1 and decided[0]["detail"].startswith("hang: ")
@@ -342,7 +212,7 @@ def test_hang_cell_is_decided_at_the_boot_timeout_with_a_screenshot(demo: Run) -
     serial = demo.artifact(cell, "serial_log").read_text(errors="replace")
     assert "hang-sensor: waiting for /dev/hang_sensor" in serial
     shot = demo.artifact(cell, "screenshot")
-    assert shot.name == "hang.png" and is_png(shot)
+    assert shot.name == "boots-hang.png" and is_png(shot)
     assert "<img" in demo.page(cell)
 
 
@@ -354,12 +224,12 @@ def test_check_failed_cell_names_the_broken_service(demo: Run) -> None:
         None,
     )
     assert "acme-av: service acme-av not running (after update)" in cell["reason"]
-    assert "the rerun without the candidate passed" in cell["reason"]
+    assert "1 rerun without the candidate passed" in cell["reason"]
     assert {b["outcome"] for b in cell["boots"]} == {"completed"}  # it booted fine
     checks = {(c["name"], c.get("when")): c["passed"] for c in cell["checks"]}
     assert checks[("acme-av: service acme-av running", "baseline")] is True
     assert checks[("acme-av: service acme-av running", "after update")] is False
-    failing = [c for c in cell["commands"] if c["phase"] == "check" and c["exit_code"] != 0]
+    failing = [c for c in cell["commands"] if c["phase"] == "checks" and c["exit_code"] != 0]
     assert [(c["command"], c["exit_code"]) for c in failing] == [("svc status acme-av", 3)]
     assert "rollback" not in phases(cell)  # a failed cell is not rolled back
     assert events(cell, "phase", rerun=True)
@@ -394,7 +264,7 @@ def test_install_failed_cell_reports_the_installers_exit_code(
     cell = run.cell(INSTALL, NONE_ID)
     assert (cell["verdict"], cell["attribution"]) == ("install_failed", "candidate")
     assert "exited 67 (failure)" in cell["reason"]
-    install = [c for c in cell["commands"] if c["phase"] == "candidate"]
+    install = [c for c in cell["commands"] if c["phase"] == "install" and c["meaning"]]
     assert [(c["exit_code"], c["meaning"]) for c in install] == [(67, "failure")]
     assert "prerequisite check failed" in install[0]["stderr"]
     # Decided by the installer: no boots after it and no baseline rerun.
@@ -468,7 +338,7 @@ def run_and_kill_libvirtd(folder: Path, kill_when: str) -> InfraRun:
             runner = subprocess.Popen(
                 pytest_command(report, "--matrix", str(matrix), "--matrix-hosts", str(hosts)),
                 cwd=ROOT,
-                env=_environment(),
+                env=environment(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
