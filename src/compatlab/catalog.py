@@ -111,6 +111,9 @@ class GoldenImage:
     # anchor it with ^): a second sign of a completed boot besides the guest channel. None
     # where the image prints no such line (Windows, unless the lab installs a serial logger).
     boot_complete: re.Pattern[str] | None = None
+    # How the WinRM channel authenticates (pywinrm's transport): NTLM for Windows over HTTP;
+    # "basic" for the demo's WinRS stand-in, reached on 127.0.0.1 only.
+    winrm_transport: Literal["ntlm", "basic", "ssl", "credssp", "kerberos"] = "ntlm"
 
     @property
     def conventions(self) -> GuestConventions:

@@ -74,7 +74,7 @@ class Guests:
         self.scripts = list(scripts)
         self.made: list[ScriptedGuest] = []
 
-    def __call__(self, cell: Cell, machine: Machine) -> ScriptedGuest:
+    def __call__(self, cell: Cell, machine: Machine, forwards: Any = ()) -> ScriptedGuest:
         script = self.scripts.pop(0) if self.scripts else {}
         if isinstance(script, Exception):
             raise script

@@ -40,6 +40,7 @@ __all__ = [
     "CrashPolicy",
     "DomainSpec",
     "DomainXMLError",
+    "Forward",
     "ProfileNotSupported",
     "check_supported",
     "domain_name",
@@ -68,6 +69,19 @@ class DomainXMLError(LabError):
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A guest TCP port reachable from this host only, at ``127.0.0.1:host_port``."""
+
+    host_port: int
+    guest_port: int
+
+    def __post_init__(self) -> None:
+        for port in (self.host_port, self.guest_port):
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} out of range")
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     """Everything one cell's VM is made of. Paths are on the hypervisor host."""
 
@@ -87,6 +101,8 @@ class DomainSpec:
     cdrom: Path | None = None
     #: QEMU binary; None lets libvirt pick the host's default for x86_64.
     emulator: Path | None = None
+    #: Guest TCP ports forwarded from 127.0.0.1 (a user-mode NIC); empty: no NIC at all.
+    forwards: tuple[Forward, ...] = ()
 
     def __post_init__(self) -> None:
         # Programming errors, not input errors: names come from domain_name(), paths from
@@ -250,6 +266,7 @@ def render_cell_domain(
     accel: Accel,
     controller: Controller,
     on_crash: CrashPolicy = "preserve",
+    forwards: tuple[Forward, ...] = (),
 ) -> str:
     """The domain XML of one VM of a cell: the one function a run and ``compatlab xml`` share.
 
@@ -266,7 +283,13 @@ def render_cell_domain(
         overlay=storage.overlay,
         serial_log=storage.serial_log,
         nvram=storage.nvram if hardware.firmware == "uefi" else None,
-        metadata=CellMetadata(run=run_id, cell=cell_id, controller=controller),
+        metadata=CellMetadata(
+            run=run_id,
+            cell=cell_id,
+            controller=controller,
+            ports=tuple(f.host_port for f in forwards),
+        ),
         on_crash=on_crash,
+        forwards=forwards,
     )
     return render_domain_xml(spec, template_dir)

@@ -141,6 +141,8 @@ class CellMetadata:
     run: str
     cell: str
     controller: Controller
+    #: Host ports on 127.0.0.1 forwarded into the guest (lab/ports.py leases them).
+    ports: tuple[int, ...] = ()
 
 
 def render_cell_metadata(meta: CellMetadata) -> str:
@@ -152,7 +154,8 @@ def render_cell_metadata(meta: CellMetadata) -> str:
         f"<{NS_PREFIX}:cell>{escape(meta.cell)}</{NS_PREFIX}:cell>"
         f"<{NS_PREFIX}:controller host={quoteattr(c.host)} pid={quoteattr(str(c.pid))}"
         f" start={quoteattr(str(c.start))}/>"
-        f"</{NS_PREFIX}:cell>"
+        + "".join(f"<{NS_PREFIX}:port>{port}</{NS_PREFIX}:port>" for port in meta.ports)
+        + f"</{NS_PREFIX}:cell>"
     )
 
 
@@ -182,7 +185,9 @@ def parse_cell_metadata(xml: str) -> CellMetadata | None:
     host = controller.get("host", "")
     if not host:
         return None
-    return CellMetadata(run=run, cell=cell, controller=Controller(host, pid, start))
+    texts = [(child.text or "").strip() for child in root if _local(child.tag) == "port"]
+    ports = tuple(int(text) for text in texts if text.isdigit())
+    return CellMetadata(run=run, cell=cell, controller=Controller(host, pid, start), ports=ports)
 
 
 class _Malformed(Exception):

@@ -18,6 +18,7 @@ from compatlab.errors import LabError
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
 from compatlab.lab.connection import Hypervisor
+from compatlab.lab.domain import Forward
 from compatlab.lab.machine import Machine
 from compatlab.lab.reaper import Controller
 from compatlab.lab.storage import CellStorage
@@ -32,6 +33,7 @@ __all__ = [
     "MachineFactory",
     "StorageFactory",
     "default_channel",
+    "needs_network",
 ]
 
 
@@ -59,19 +61,39 @@ class MachineFactory(Protocol):
 
 
 class ChannelFactory(Protocol):
-    """Opens the channel into a cell's guest, once its machine is defined."""
+    """Opens the channel into a cell's guest, once its machine is defined. ``forwards``: the
+    guest ports reachable on 127.0.0.1 (only images whose channel needs a network get any)."""
 
-    def __call__(self, cell: Cell, machine: Machine) -> Channel: ...
+    def __call__(self, cell: Cell, machine: Machine, forwards: tuple[Forward, ...]) -> Channel: ...
 
 
-def default_channel(cell: Cell, machine: Machine) -> Channel:
-    """The channel the cell's golden image names."""
+#: The guest port a WinRM channel talks to (HTTP; the image's listener).
+WINRM_PORT = 5985
+
+
+def needs_network(cell: Cell) -> tuple[int, ...]:
+    """The guest ports the cell's channel needs forwarded from 127.0.0.1 (none for the agent)."""
+    return (WINRM_PORT,) if cell.image.channel == "winrm" else ()
+
+
+def default_channel(cell: Cell, machine: Machine, forwards: tuple[Forward, ...]) -> Channel:
+    """The channel the cell's golden image names: the guest agent, or WinRM through its
+    forwarded port on 127.0.0.1."""
     if cell.image.channel == "agent":
         return AgentChannel(machine.domain, os_family=cell.os_family)
-    raise LabError(
-        "WinRM cells need a guest NIC with a port forwarded to 127.0.0.1; provisioning it "
-        "is not built yet (use channel: agent with the QEMU guest agent installed)",
-        host=machine.host,
+    from compatlab.guest.winrm import WinRMChannel
+
+    port = next((f.host_port for f in forwards if f.guest_port == WINRM_PORT), None)
+    if port is None or cell.image.credentials is None:
+        raise LabError(
+            "a WinRM cell needs a forwarded port and the image's credentials", host=machine.host
+        )
+    return WinRMChannel(
+        "127.0.0.1",
+        port,
+        cell.image.credentials,
+        transport=cell.image.winrm_transport,
+        domain=machine.name,
     )
 
 

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from compatlab.errors import CompatlabError, GuestError, HypervisorError, ImageError, LabError
 from compatlab.guest.readiness import ReadinessProbe
 from compatlab.lab import activity
-from compatlab.lab.domain import render_cell_domain
+from compatlab.lab.domain import Forward, render_cell_domain
 from compatlab.lab.evidence import CellEvidence
+from compatlab.lab.ports import PortLease, lease_port
 from compatlab.lab.serial import SerialWatch
 from compatlab.model import Boot, CommandRecord, Event, Phase
-from compatlab.scenario.context import LabContext
+from compatlab.scenario.context import LabContext, needs_network
 from compatlab.verdict import BootPolicy, BootWatcher, Finding, Observations, RunObservations
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ class Session:
         self.watcher = BootWatcher(self.policy)
         self.serial_offset = 0
         self._machine_cm: Any = None
+        self._leases: list[PortLease] = []
+        self.forwards: tuple[Forward, ...] = ()
         self._boot_activity: activity.Activity | None = None
         self._boot_log = 0  # the serial log's size when the boot in progress began
 
@@ -167,6 +170,11 @@ class Session:
         self.storage.create()
         self.storage.create_overlay(cell.image.disk)
         self._seed_nvram()
+        # A NIC only where the channel needs one, its ports on 127.0.0.1 leased for this VM.
+        for guest_port in needs_network(cell):
+            lease = lease_port(lab.storage_root, f"{lab.run_id} {cell.id}")
+            self._leases.append(lease)
+            self.forwards += (Forward(lease.port, guest_port),)
         xml = render_cell_domain(
             cell.image,
             cell.hardware,
@@ -174,13 +182,14 @@ class Session:
             template_dir=lab.template_dir,
             accel=lab.accel,  # type: ignore[arg-type]
             controller=lab.controller,
+            forwards=self.forwards,
         )
         self._machine_cm = lab.machines(lab.hypervisor, xml, self.storage.folder, epoch=self.epoch)
         self.machine = self._machine_cm.__enter__()
         self.evidence = CellEvidence(
             self.storage, self.machine, self.evidence_folder, lab.report_dir
         )
-        self.channel = lab.channels(cell, self.machine)
+        self.channel = lab.channels(cell, self.machine, self.forwards)
         self.probe = ReadinessProbe(self.channel, self.machine)
         # The second signal of a completed boot, where the image prints one on its console.
         self.serial: SerialWatch | None = None
@@ -205,6 +214,7 @@ class Session:
             steps.append(("keeping the evidence", self._keep_evidence))
             steps.append(("removing the VM", lambda: self._machine_cm.__exit__(None, None, None)))
         steps.append(("removing the storage", self.storage.remove))
+        steps.extend(("releasing a port", lease.release) for lease in self._leases)
         for what, step in steps:
             try:
                 step()
