@@ -148,9 +148,16 @@ class Bugcheck:
     code: str
     name: str
     params: tuple[str, ...] = ()
+    # Where the code was read: "hyperv-msr" (QMP or the domain log), "serial" (a Linux panic),
+    # "eventlog" (Windows' Kernel-Power 41 after the next boot). Not part of equality: the same
+    # crash read from two sources is one crash.
+    source: str = field(default="", compare=False)
 
     def as_json(self) -> dict[str, object]:
-        return {"code": self.code, "name": self.name, "params": list(self.params)}
+        out: dict[str, object] = {"code": self.code, "name": self.name, "params": list(self.params)}
+        if self.source:
+            out["source"] = self.source
+        return out
 
     # An Event's ``data`` is a flat str -> str mapping, so a bugcheck rides on the event that saw
     # it (QMP GUEST_PANICKED, the domain log's ``panic hyper-v`` line, a serial panic line) under
@@ -159,11 +166,14 @@ class Bugcheck:
 
     def as_event_data(self) -> dict[str, str]:
         """This bugcheck as ``Event.data`` entries (params joined by commas)."""
-        return {
+        data = {
             "bugcheck_code": self.code,
             "bugcheck_name": self.name,
             "bugcheck_params": ",".join(self.params),
         }
+        if self.source:
+            data["bugcheck_source"] = self.source
+        return data
 
     @classmethod
     def from_event_data(cls, data: Mapping[str, str]) -> Bugcheck | None:
@@ -176,6 +186,7 @@ class Bugcheck:
             code=code,
             name=data.get("bugcheck_name", ""),
             params=tuple(p.strip() for p in params.split(",") if p.strip()),
+            source=data.get("bugcheck_source", ""),
         )
 
 

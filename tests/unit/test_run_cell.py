@@ -392,3 +392,36 @@ def test_a_medium_the_guest_never_sees_is_the_labs_failure_bounded(
     result = run(hv, tmp_path, cell(tmp_path), guests)
     assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
     assert "could not mount the payload" in result.reason
+
+
+# -- Windows: the bugcheck code from the event log when the hypervisor had none ------------------
+
+WINDOWS_FIXTURES = ROOT / "tests" / "support" / "windows"
+
+
+def windows_cell(tmp_path: Path) -> Cell:
+    root = make_project(tmp_path / "project", builds=(), hardware=("uefi-2cpu",), products=())
+    (root / "payloads" / "candidate").mkdir(parents=True, exist_ok=True)
+    body = "axes: {build: [win11], hardware: [uefi-2cpu], products: [[]]}\n"
+    path = matrix(root, body + SCENARIO)
+    return load_matrix(path, catalog_root=root).cells[0]
+
+
+def test_a_windows_crash_without_a_code_gets_it_from_the_event_log_after_the_next_boot(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under TCG there are no Hyper-V crash registers: pvpanic says "crashed", not 0x50. Once
+    the guest is back up, Kernel-Power 41 in its event log gives the code, marked as such.
+    (A scripted guest answering with a recorded-format fixture: no Windows ran here.)"""
+    monkeypatch.setenv("LAB_PASSWORD", "not-used-by-the-scripted-guest")
+    baseline = (WINDOWS_FIXTURES / "clean_boot.json").read_text()
+    crashed = (WINDOWS_FIXTURES / "bugcheck_0x50.json").read_text()
+    evidence = [CommandResult(0, baseline, "", 0.1), CommandResult(0, crashed, "", 0.1)]
+    guests = Guests(
+        {"boots": boots("ok", "ok", "crash"), "commands": {"Get-WinEvent": evidence}}, {}
+    )
+    result = run(hv, tmp_path, windows_cell(tmp_path), guests)
+    assert result.verdict is Verdict.CRASH, result.reason
+    assert result.bugcheck is not None
+    assert (result.bugcheck.code, result.bugcheck.source) == ("0x50", "eventlog")
+    assert "0x50 PAGE_FAULT_IN_NONPAGED_AREA" in result.reason

@@ -311,7 +311,12 @@ def _bugcheck(r: _Reader, value: object, where: str) -> Bugcheck | None:
         return None
     b = r.obj(value, where)
     params = r.texts(b, "params", where) if "params" in b else ()
-    return Bugcheck(code=r.text(b, "code", where), name=r.text(b, "name", where), params=params)
+    return Bugcheck(
+        code=r.text(b, "code", where),
+        name=r.text(b, "name", where),
+        params=params,
+        source=r.opt_text(b, "source", where),
+    )
 
 
 def _boot(r: _Reader, value: object, where: str) -> Boot:

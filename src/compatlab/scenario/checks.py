@@ -7,6 +7,7 @@ found ([] when all passed) and records every check it made on the VM's record.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from compatlab.bugcheck import parse_linux_panic
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMAND_TIMEOUT",
     "boot_time",
+    "bugcheck_after_crash",
     "custom",
     "health",
     "inside_crash_evidence",
@@ -92,6 +94,28 @@ def inside_crash_evidence(vm: Session, baseline: WindowsEvidence | None) -> list
     panic = parse_linux_panic(vm.evidence.serial_text(0))
     vm.record.checks.append({"name": "no kernel panic in the serial log", "passed": panic is None})
     return [] if panic is None else [f"the serial log shows a panic: {panic.name}"]
+
+
+def bugcheck_after_crash(vm: Session, baseline: WindowsEvidence | None) -> None:
+    """A Windows guest that crashed without telling the hypervisor its code (pvpanic: the Hyper-V
+    crash registers are KVM-only) wrote it to its event log: read it once the guest is back up,
+    and record it on the timeline, where the watcher takes it for the phase that crashed."""
+    if vm.cell.os_family != "windows" or not vm.watcher.crashes or vm.watcher.bugcheck:
+        return
+    if not vm.watcher.is_up:
+        return  # it never came back (a boot loop): nothing to read it with
+    since = baseline.now if baseline else None
+    seen = vm.call(
+        "reading the event log",
+        lambda: crash_evidence(vm.channel, since=since, domain=vm.machine.name),
+    )
+    for event in seen.events:
+        if event.bugcheck is not None:
+            found = replace(event.bugcheck, source="eventlog")
+            text = f"{found.code} {found.name}"
+            vm.note("eventlog", "bugcheck", text, **found.as_event_data())
+            vm.drain()
+            return
 
 
 def boot_time(vm: Session, baseline: float) -> list[str]:

@@ -36,6 +36,10 @@ def run_book(vm: Session) -> None:
         vm.drain()
     except GuestFailed:
         vm.settle()
+        try:
+            checks.bugcheck_after_crash(vm, vm.windows_baseline)
+        except GuestFailed:
+            vm.settle()
 
 
 def _phases(vm: Session) -> None:
@@ -83,7 +87,7 @@ def _phases(vm: Session) -> None:
                 ) from failed
             raise
         failed_checks = checks.health(vm, "baseline")
-        windows = checks.windows_baseline(vm)
+        windows = vm.windows_baseline = checks.windows_baseline(vm)
         if failed_checks:
             phase.add(failed_checks=tuple(failed_checks))
             return

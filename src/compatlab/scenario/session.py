@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from compatlab.checks.windows import WindowsEvidence
 from compatlab.errors import CompatlabError, GuestError, HypervisorError, ImageError, LabError
 from compatlab.guest.readiness import ReadinessProbe
 from compatlab.lab import activity
@@ -148,6 +149,8 @@ class Session:
         self.serial_offset = 0
         self._machine_cm: Any = None
         self._leases: list[PortLease] = []
+        # What a clean boot of a Windows image already logs, read at the baseline boot.
+        self.windows_baseline: WindowsEvidence | None = None
         self.forwards: tuple[Forward, ...] = ()
         self._boot_activity: activity.Activity | None = None
         self._boot_log = 0  # the serial log's size when the boot in progress began
@@ -349,6 +352,9 @@ class Session:
             bugcheck = self.evidence.bugcheck(self.cell.os_family, self.serial_offset)
             if bugcheck is not None:
                 source = "serial" if bugcheck.code == "panic" else "domain-log"
+                bugcheck = replace(
+                    bugcheck, source="serial" if source == "serial" else "hyperv-msr"
+                )
                 text = f"{bugcheck.code} {bugcheck.name}"
                 self.note(source, "bugcheck", text, **bugcheck.as_event_data())
             if self.watcher.outcome is None:

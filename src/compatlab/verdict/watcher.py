@@ -358,6 +358,8 @@ def bugcheck_of(event: Event) -> Bugcheck | None:
     found = Bugcheck.from_event_data(event.data)
     if found is None and event.kind == "guest_panicked" and "payload" in event.data:
         found = parse_guest_panicked(event.data["payload"])  # None for a Linux pvpanic
+        if found is not None:
+            found = replace(found, source="hyperv-msr")
     return found
 
 
