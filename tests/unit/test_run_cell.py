@@ -425,3 +425,25 @@ def test_a_windows_crash_without_a_code_gets_it_from_the_event_log_after_the_nex
     assert result.bugcheck is not None
     assert (result.bugcheck.code, result.bugcheck.source) == ("0x50", "eventlog")
     assert "0x50 PAGE_FAULT_IN_NONPAGED_AREA" in result.reason
+
+
+def test_a_golden_image_that_does_not_boot_is_the_labs_failure_not_the_configurations(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """A hang at the first boot (the image, or a starved host) is retried, then infra_error.
+    The split scenario first recorded it as hang [baseline]: the watcher's outcome made the
+    LabError raised for it look like a failure of the guest."""
+    guests = Guests({"boots": boots("hang")}, {"boots": boots("hang")})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert result.attempts == 2
+    assert "the golden image did not boot" in result.reason
+
+
+def test_a_baseline_boot_that_never_completes_is_the_labs_failure(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    guests = Guests({"boots": boots("ok", "hang")}, {"boots": boots("ok", "hang")})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert "the baseline boot never completed" in result.reason

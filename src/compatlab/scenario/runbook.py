@@ -55,6 +55,7 @@ def _phases(vm: Session) -> None:
         except GuestFailed as failed:
             if vm.watcher.crashes:
                 raise  # the image crashes on this hardware: the configuration's failure
+            vm.lab_owns_failure = True
             raise LabError(
                 f"the golden image did not boot: {failed.detail}",
                 host=vm.lab.hypervisor.host,
@@ -80,6 +81,7 @@ def _phases(vm: Session) -> None:
             baseline_seconds = vm.boot()
         except GuestFailed as failed:
             if vm.watcher.outcome is not None and vm.watcher.outcome.kind == "hang":
+                vm.lab_owns_failure = True
                 raise LabError(
                     f"the baseline boot never completed: {failed.detail}",
                     host=vm.lab.hypervisor.host,

@@ -149,6 +149,8 @@ class Session:
         self.serial_offset = 0
         self._machine_cm: Any = None
         self._leases: list[PortLease] = []
+        #: Set by the runbook when what the watcher saw is the lab's failure, not the guest's.
+        self.lab_owns_failure = False
         # What a clean boot of a Windows image already logs, read at the baseline boot.
         self.windows_baseline: WindowsEvidence | None = None
         self.forwards: tuple[Forward, ...] = ()
@@ -491,6 +493,10 @@ class Session:
         return self.policy.boot_timeout * (self.policy.loop_threshold + 1) + 60.0
 
     def guest_failed(self) -> bool:
+        """The guest failed in this VM -- unless the runbook judged that failure the lab's
+        (:attr:`lab_owns_failure`: a golden image that does not boot, a baseline that hangs)."""
+        if self.lab_owns_failure:
+            return False
         return (
             self.watcher.crashes > 0
             or self.watcher.outcome is not None
