@@ -447,3 +447,28 @@ def test_a_baseline_boot_that_never_completes_is_the_labs_failure(
     result = run(hv, tmp_path, cell(tmp_path), guests)
     assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
     assert "the baseline boot never completed" in result.reason
+
+
+def test_a_windows_installer_told_another_install_runs_is_run_again(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1618 (ERROR_INSTALL_ALREADY_RUNNING) is Windows busy servicing, not the update failing."""
+    from compatlab.guest.windows_install import RetryPolicy
+    from compatlab.scenario import steps
+
+    monkeypatch.setattr(steps, "RETRY_1618", RetryPolicy(attempts=3, waits=(0.1, 0.1)))
+    monkeypatch.setenv("LAB_PASSWORD", "not-used-by-the-scripted-guest")
+    busy = CommandResult(1618, "", "another installation is in progress", 0.1)
+    done = CommandResult(0, "", "", 0.1)
+    clean = (WINDOWS_FIXTURES / "clean_boot.json").read_text()
+    guests = Guests(
+        {
+            "commands": {
+                "install.cmd": [busy, busy, done],
+                "Get-WinEvent": [CommandResult(0, clean, "", 0.1)],
+            }
+        }
+    )
+    result = run(hv, tmp_path, windows_cell(tmp_path), guests)
+    assert result.verdict is Verdict.PASS, result.reason
+    assert sum(1 for e in result.events if e.kind == "install_busy") == 2

@@ -6,6 +6,7 @@ recorded in the running phase.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from compatlab.catalog import ExitCodes
 from compatlab.errors import GuestError, ImageError
 from compatlab.guest.media import cached_iso
 from compatlab.guest.quoting import UnsafeValue, quote
+from compatlab.guest.windows_install import RETRY_1618, classify
 from compatlab.model import CommandRecord
 from compatlab.scenario.checks import COMMAND_TIMEOUT
 from compatlab.scenario.session import GuestRestarted
@@ -103,6 +105,27 @@ def mount_payload(vm: Session, command: str) -> None:
         vm.note("scenario", "mount_retried", f"the payload mounted at try {tries}")
 
 
+def _run_installer(vm: Session, line: str, codes: ExitCodes) -> CommandRecord:
+    """Run an installer; on Windows, 1618 (another installation is in progress: Windows Update
+    or a product's own servicing) is run again after a pause, by :data:`RETRY_1618`."""
+    attempt = 1
+    while True:
+        record = run_command(vm, line, INSTALL_TIMEOUT, codes)
+        code = record.exit_code
+        if vm.cell.os_family != "windows" or code is None or classify(code, codes) != "retry":
+            return record
+        attempt += 1
+        wait = RETRY_1618.wait_before(attempt)
+        if wait is None:
+            return replace(record, meaning="failure")
+        vm.note(
+            "scenario",
+            "install_busy",
+            f"exit {code}: another installation runs; again in {wait:g} s",
+        )
+        vm.bake(wait)  # watched: a crash while waiting is seen
+
+
 def install(
     vm: Session,
     folder: Path,
@@ -131,7 +154,7 @@ def install(
     line = command.replace("{payload}", path)
     vm.watcher.allow_restarts(restarts)
     try:
-        record = run_command(vm, line, INSTALL_TIMEOUT, codes)
+        record = _run_installer(vm, line, codes)
     except GuestRestarted:
         phase = vm.current.phase.value
         if restarts:
