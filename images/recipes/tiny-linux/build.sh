@@ -6,10 +6,17 @@
 # kernel version) the build is skipped; FORCE=1 rebuilds anyway.
 #
 # Needs (Debian): linux-image-amd64, busybox-static, dash, qemu-guest-agent, cpio, e2fsprogs,
-# qemu-utils, kmod, python3. No loop mounts, no root-only steps besides mknod of
-# /dev/console in the initramfs (run as root, as the lab does).
+# qemu-utils, kmod, python3; variants with WINRS=1 also python3-minimal (/usr/bin/python3.11).
+# No loop mounts, no root-only steps besides mknod of /dev/console in the initramfs (run as
+# root, as the lab does).
 # Environment: KVER (kernel version, default: the newest in /boot that has modules),
 # DISK_SIZE (root filesystem size, default 256M), SOURCE_DATE_EPOCH, FORCE.
+#
+# A variant with WINRS=1 (tinylinux-a-winrm) also gets the WinRS stand-in (winrs/: a stand-in for
+# Windows's WinRM service), Debian's Python trimmed to the modules it loads, DHCP on its NIC
+# (MODULES_EXTRA names the NIC drivers), and an account: the password is generated once into
+# OUTDIR/winrm-password (0600, kept across rebuilds; the catalog points at it), the guest gets
+# only its NT hash.
 set -euo pipefail
 
 die() { echo "build.sh: $*" >&2; exit 1; }
@@ -20,7 +27,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VARFILE=$HERE/variants/$VARIANT.env
 [ -f "$VARFILE" ] || die "unknown variant '$VARIANT' (have: $(cd "$HERE/variants" && ls | sed 's/\.env$//' | tr '\n' ' '))"
 
-DISPLAY_NAME='' BUILD='' CMDLINE_EXTRA='' SYSCTL=''
+DISPLAY_NAME='' BUILD='' CMDLINE_EXTRA='' SYSCTL='' MODULES_EXTRA='' WINRS='' WINRS_USER=compatlab
 # shellcheck source=/dev/null
 . "$VARFILE"
 
@@ -35,7 +42,11 @@ DASH=/bin/dash
 QEMU_GA=/usr/sbin/qemu-ga
 DISK_SIZE=${DISK_SIZE:-256M}
 ROOT_LABEL=compatlab-root
+# Debian's own Python (python3-minimal), not whatever python3 comes first in PATH.
+PYTHON=/usr/bin/python3.11
+WINRS_SRC=$HERE/winrs/compatlab_winrs.py
 for f in "$VMLINUZ" "$BUSYBOX" "$DASH" "$QEMU_GA"; do [ -e "$f" ] || die "missing $f"; done
+[ -z "$WINRS" ] || [ -x "$PYTHON" ] || die "missing $PYTHON (apt-get install python3-minimal)"
 for t in modinfo depmod cpio gzip mkfs.ext4 qemu-img python3 ldd sha256sum; do
     command -v "$t" > /dev/null || die "missing tool $t"
 done
@@ -71,8 +82,29 @@ expand_list() {  # expand_list FILE: print "path [params]" lines in load order
 }
 EARLY=$(expand_list "$HERE/modules.early")
 BASE=$(expand_list "$HERE/modules.base")   # SEEN carries over: nothing is listed twice
+if [ -n "$MODULES_EXTRA" ]; then
+    BASE=$BASE$'\n'$(expand_list <(printf '%s\n' $MODULES_EXTRA))
+fi
 
-LIBS=$(ldd "$QEMU_GA" "$DASH" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | sort -u)
+LIBS=$(ldd "$QEMU_GA" "$DASH" ${WINRS:+"$PYTHON"} | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | sort -u)
+
+# WinRS stand-in: the standard library modules its self-test loads (it serves one command over
+# HTTP), as Debian's Python finds them; lib-dynload extensions left out (the ones it touches,
+# _ssl _hashlib _bz2 _lzma, are optional imports), and with them ssl, bz2, lzma.
+PYMODS=
+if [ -n "$WINRS" ]; then
+    PYMODS=$("$PYTHON" -I -S "$WINRS_SRC" --self-test --list-modules | grep '^/usr/lib/python3\.11/.*\.py$' \
+        | grep -v -E '/(ssl|bz2|lzma|_compression)\.py$' | LC_ALL=C sort -u) \
+        || die "the WinRS stand-in's self-test failed on this host"
+    mkdir -p "$OUTDIR"
+    chmod 0755 "$OUTDIR"
+    if [ ! -s "$OUTDIR/winrm-password" ]; then
+        (umask 077; "$PYTHON" -I -S -c 'import secrets; print(secrets.token_urlsafe(18))' > "$OUTDIR/winrm-password")
+    fi
+    chmod 0600 "$OUTDIR/winrm-password"
+    WINRS_ACCOUNT=$(printf 'username=%s\nnt_hash=%s\n' "$WINRS_USER" \
+        "$("$PYTHON" -I -S "$WINRS_SRC" --nt-hash < "$OUTDIR/winrm-password")")
+fi
 
 # --- cache: hash every input ---------------------------------------------------------------
 inputs_list() {
@@ -84,10 +116,12 @@ inputs_list() {
         echo "$HERE/build.sh"; echo "$HERE/modules.early"; echo "$HERE/modules.base"
         echo "$VARFILE"; echo "$HERE/initrd/init"
         find "$HERE/rootfs" -type f
+        if [ -n "$WINRS" ]; then echo "$PYTHON"; echo "$PYMODS"; find "$HERE/winrs" -type f; fi
     } | sed '/^$/d' | LC_ALL=C sort -u
 }
 INPUTS=$(inputs_list | while read -r f; do printf '%s  %s\n' "$(sha256sum < "$(readlink -f "$f")" | cut -d' ' -f1)" "$f"; done)
-INPUTS_SHA=$(printf '%s\nvariant=%s\nkver=%s\ndisk=%s\ncmdline=%s\n' "$INPUTS" "$VARIANT" "$KVER" "$DISK_SIZE" "$CMDLINE" | sha256sum | cut -d' ' -f1)
+# The account (NT hash) changes the image, so it counts; it is not listed in the manifest.
+INPUTS_SHA=$(printf '%s\nvariant=%s\nkver=%s\ndisk=%s\ncmdline=%s\n%s' "$INPUTS" "$VARIANT" "$KVER" "$DISK_SIZE" "$CMDLINE" "${WINRS_ACCOUNT:-}" | sha256sum | cut -d' ' -f1)
 
 OUTPUTS=(vmlinuz initrd.img disk.qcow2 cmdline manifest.json)
 if [ -z "${FORCE:-}" ] && [ -f "$OUTDIR/manifest.json" ]; then
@@ -173,6 +207,46 @@ VARIANT_ID=$VARIANT
 BUILD_ID="$BUILD"
 EOF
 echo "$VARIANT" > "$ROOT/etc/hostname"
+if [ -n "$WINRS" ]; then
+    # The WinRS stand-in and what it runs on. Python finds its standard library from its own
+    # path (/usr/lib/python3.11, landmark os.pyc; lib-dynload must exist). Modules go in as
+    # bytecode only: compiling ~2 MB of source at each boot would take seconds under TCG.
+    install -m 0755 "$PYTHON" "$ROOT/usr/bin/python3.11"
+    ln -s python3.11 "$ROOT/usr/bin/python3"
+    mkdir -p "$ROOT/usr/lib/python3.11/lib-dynload"
+    printf '%s\n' "$PYMODS" | "$PYTHON" -I -S -c 'import os, py_compile, sys
+stdlib, dest = "/usr/lib/python3.11", sys.argv[1]
+for source in sys.stdin.read().split():
+    target = os.path.join(dest, os.path.relpath(source, stdlib) + "c")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    py_compile.compile(source, cfile=target, dfile=source, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)' "$ROOT/usr/lib/python3.11"
+    # The responder: its source beside the standard library, compiled like it; the command is a
+    # launcher, so nothing is compiled when the service starts.
+    install -m 0644 "$WINRS_SRC" "$ROOT/usr/lib/python3.11/compatlab_winrs.py"
+    "$PYTHON" -I -S -c 'import py_compile, sys
+py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile="/usr/lib/python3.11/compatlab_winrs.py",
+                   doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)' \
+        "$WINRS_SRC" "$ROOT/usr/lib/python3.11/__pycache__/compatlab_winrs.cpython-311.pyc"
+    cat > "$ROOT/usr/sbin/compatlab-winrs" <<'LAUNCHER'
+#!/usr/bin/python3 -IS
+"""compatlab-winrs-standin, a stand-in for Windows's WinRM service: /usr/lib/python3.11/compatlab_winrs.py"""
+import sys
+
+from compatlab_winrs import main
+
+sys.exit(main())
+LAUNCHER
+    chmod 0755 "$ROOT/usr/sbin/compatlab-winrs"
+    cp -a "$HERE/winrs/rootfs/." "$ROOT/"
+    (umask 077; printf '# compatlab-winrs-standin account (written by build.sh; the password is on the host)\n%s' "$WINRS_ACCOUNT" > "$ROOT/etc/compatlab/winrs.account")
+    # The guest's Python, with only what was copied, must serve a command, loading nothing from
+    # outside the image: else fail here rather than in the guest.
+    loaded=$("$ROOT/usr/bin/python3.11" -I -S -B "$ROOT/usr/sbin/compatlab-winrs" --self-test --list-modules) \
+        || die "the WinRS stand-in's self-test failed with the image's trimmed Python"
+    outside=$(printf '%s\n' "$loaded" | grep -v "^$(readlink -f "$ROOT")/" || true)
+    [ -z "$outside" ] || die "the image's Python loaded modules from the host: $outside"
+fi
 [ -z "$SYSCTL" ] || printf '%s\n' "$SYSCTL" > "$ROOT/etc/sysctl.d/50-$VARIANT.conf"
 echo 0 > "$ROOT/var/lib/compatlab/boot-count"
 find "$ROOT" -exec touch -h -d "@$SDE" {} +
