@@ -14,6 +14,10 @@ Three sources, one result type (:class:`~compatlab.model.Bugcheck`):
 :data:`BUGCHECK_NAMES` is the single table of Windows stop-code names; ``verdict`` and
 ``report`` import it from here. Codes are written ``0x`` + upper-case hex without padding
 (``0x7E``, ``0x133``); parameters as libvirt writes them, lower-case (``0xfffff80012345678``).
+
+What a guest prints is bounded here, where it becomes a bugcheck: a panic line (the name) and
+Oops lines (the parameters) are cut to :data:`NAME_LENGTH` / :data:`PARAM_LENGTH` characters,
+with terminal escapes and control characters removed; register values are 64-bit or ignored.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import re
 from collections.abc import Iterable, Mapping
 
 from compatlab.model import Bugcheck
+from compatlab.text import one_line, printable
 
 __all__ = [
     "BUGCHECK_NAMES",
+    "NAME_LENGTH",
+    "PANIC_WORDS",
+    "PARAM_LENGTH",
     "bugcheck_name",
     "find_hyperv_panic",
     "format_code",
@@ -78,6 +86,10 @@ BUGCHECK_NAMES: Mapping[int, str] = {
     0xC000021A: "WINLOGON_FATAL_ERROR",
 }
 
+NAME_LENGTH = 200  # characters of a panic line kept as the bugcheck's name
+PARAM_LENGTH = 200  # characters of an Oops line kept as a parameter
+_REGISTER_MAX = 2**64 - 1  # the crash MSRs are 64-bit: a larger "value" is not one
+
 # Windows sets this bit on some stop codes ("0x1000007E"): same check, "_M" variant.
 _M_VARIANT = 0x10000000
 
@@ -108,7 +120,10 @@ def _windows_bugcheck(code: int, params: Iterable[int]) -> Bugcheck:
 # -- the domain log --------------------------------------------------------------------------------
 
 _HYPERV_LINE = re.compile(r"\bpanic hyper-v:\s*(?P<args>.*)$")
-_HYPERV_ARG = re.compile(r"arg(?P<n>[1-5])=['\"]?(?P<value>0x[0-9a-fA-F]+|\d+)['\"]?")
+# At most 16 hex or 20 decimal digits: a 64-bit register (and no int() of a 5000-digit number).
+_HYPERV_ARG = re.compile(
+    r"arg(?P<n>[1-5])=['\"]?(?P<value>0x[0-9a-fA-F]{1,16}|\d{1,20})(?![0-9a-zA-Z])['\"]?"
+)
 
 
 def parse_hyperv_log_line(line: str) -> Bugcheck | None:
@@ -120,6 +135,7 @@ def parse_hyperv_log_line(line: str) -> Bugcheck | None:
     if not match:
         return None
     args = {int(m["n"]): int(m["value"], 0) for m in _HYPERV_ARG.finditer(match["args"])}
+    args = {n: value for n, value in args.items() if value <= _REGISTER_MAX}
     if 1 not in args:
         return None
     return _windows_bugcheck(args[1], (args[n] for n in range(2, 6) if n in args))
@@ -161,12 +177,16 @@ def parse_guest_panicked(payload: str | Mapping[str, object]) -> Bugcheck | None
         if isinstance(raw, bool):
             continue
         if isinstance(raw, int):
-            values[n] = raw
-        elif isinstance(raw, str):
+            value = raw
+        elif isinstance(raw, str) and len(raw) <= 24:
             try:
-                values[n] = int(raw, 0)
+                value = int(raw, 0)
             except ValueError:
                 continue
+        else:
+            continue
+        if 0 <= value <= _REGISTER_MAX:
+            values[n] = value
     if 1 not in values:
         return None
     return _windows_bugcheck(values[1], (values[n] for n in range(2, 6) if n in values))
@@ -183,6 +203,18 @@ _OOPS_FIRST = re.compile(
 )
 _OOPS_LINE = re.compile(r"^Oops: ")
 _BOOT = re.compile(r"^Linux version ")
+# Every line the parser acts on holds one of these: the rest of a flooded log is skipped cheaply
+# (by the parser, or by a reader that hands it only the lines holding one).
+PANIC_WORDS = (
+    "Kernel panic",
+    "Linux version",
+    "BUG",
+    "Oops: ",
+    "general protection fault",
+    "Unable to handle kernel",
+    "Internal error: ",
+)
+_WORTH_A_LOOK = re.compile("|".join(re.escape(word) for word in PANIC_WORDS))
 
 
 def _strip_printk(line: str) -> str:
@@ -194,21 +226,26 @@ def parse_linux_panic(log: str | Iterable[str]) -> Bugcheck | None:
 
     ``params`` holds, in log order, the first Oops headline (``BUG: ...``, ``general protection
     fault ...``, ``kernel BUG at ...``) and the first ``Oops: ...`` line seen before the panic,
-    in the same boot, when there are any. None when the log has no panic line.
+    in the same boot, when there are any. None when the log has no panic line. The name and
+    the parameters are printable single lines of at most :data:`NAME_LENGTH` /
+    :data:`PARAM_LENGTH` characters. ``log`` may be an iterator of lines (a log read as a
+    stream): it is consumed only up to the panic.
     """
     lines = log.splitlines() if isinstance(log, str) else log
     headline: str | None = None
     oops: str | None = None
     for raw in lines:
-        line = _strip_printk(raw)
+        if not _WORTH_A_LOOK.search(raw):
+            continue
+        line = _strip_printk(printable(raw))
         if _PANIC.match(line):
             params = tuple(p for p in (headline, oops) if p is not None)
-            return Bugcheck(code="panic", name=line, params=params)
+            return Bugcheck(code="panic", name=one_line(line, NAME_LENGTH), params=params)
         if _BOOT.match(line):
             # A new boot in the same log: earlier Oops lines belong to an earlier life.
             headline = oops = None
         elif headline is None and _OOPS_FIRST.match(line):
-            headline = line
+            headline = one_line(line, PARAM_LENGTH)
         elif oops is None and _OOPS_LINE.match(line):
-            oops = line
+            oops = one_line(line, PARAM_LENGTH)
     return None

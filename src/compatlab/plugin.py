@@ -20,12 +20,16 @@ import pytest
 from compatlab.errors import InputError
 from compatlab.matrix import CatalogCache, Cell, Matrix, find_project_root, load_matrix
 from compatlab.model import CellResult, Verdict
+from compatlab.text import one_line
 
 __all__ = ["CellFailed", "CellItem", "MatrixFile"]
 
 _MATRICES = pytest.StashKey[dict[Path, Matrix]]()
 _SESSION = pytest.StashKey["_Session"]()
 _RESULT_PROPERTY = "compatlab_cell"
+# Characters of a cell's failure line on the terminal: the reason quotes guest text (a panic
+# line), which is made one printable line first -- no escape sequence of a guest's reaches it.
+_SUMMARY_LENGTH = 2000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -216,14 +220,15 @@ class CellFailed(Exception):
     """A cell's verdict is not ``pass``. Carries the result so the failure reads as evidence."""
 
     def __init__(self, result: CellResult) -> None:
-        super().__init__(result.reason)
+        super().__init__(one_line(result.reason, _SUMMARY_LENGTH))
         self.result = result
 
     def summary(self) -> str:
+        """The cell's failure as one printable line, for the terminal."""
         r = self.result
         who = f" [{r.attribution}]" if r.attribution else ""
         bug = f" bugcheck {r.bugcheck.code} {r.bugcheck.name}" if r.bugcheck else ""
-        return f"{r.verdict.value.upper()}{who}{bug}: {r.reason}"
+        return one_line(f"{r.verdict.value.upper()}{who}{bug}: {r.reason}", _SUMMARY_LENGTH)
 
 
 class _Session:
@@ -362,7 +367,7 @@ class _Progress:
                 return
             self._erase()
             room = max(self.tw.fullwidth - self.tw.width_of_current_line - 4, 0)
-            text = f" [{cell}: {phase}]"[:room]
+            text = " " + one_line(f"[{cell}: {phase}]", room - 1) if room > 1 else ""
             self.tw.write(text, cyan=True, flush=True)
             self.shown = len(text)
 
