@@ -39,11 +39,13 @@ import libvirt_qemu
 
 from compatlab.errors import GuestError, GuestTimeout, GuestUnreachable
 from compatlab.guest.channel import (
+    OUTPUT_LIMIT,
     CommandResult,
     clean_clixml,
     encode_powershell,
     poll_until_ready,
 )
+from compatlab.text import cap_bytes, join_cut
 
 __all__ = ["AgentChannel", "map_libvirt_error"]
 
@@ -87,6 +89,8 @@ _DISCONNECTED_MESSAGES: Final = (
     "End of file from agent socket",
 )
 _NOT_CONNECTED_MESSAGE: Final = "QEMU guest agent is not connected"
+# qemu-ga keeps at most 16 MB of a command's output (GUEST_EXEC_MAX_OUTPUT) and says so.
+AGENT_CUT: Final = "[… the guest agent cut the rest]"
 
 OsFamily = Literal["linux", "windows"]
 
@@ -124,7 +128,7 @@ class AgentChannel:
     ``os_family`` picks the default shell (``/bin/sh -c`` or ``cmd.exe /c``) and how a timed-out
     process is killed. ``call_timeout`` bounds each single agent call (libvirt takes whole
     seconds); ``shutdown_timeout`` bounds how long :meth:`reboot` / :meth:`shutdown` wait for
-    the guest to go away.
+    the guest to go away. ``output_limit`` bounds the bytes of each output stream kept.
     """
 
     name: Final = _CHANNEL
@@ -136,6 +140,7 @@ class AgentChannel:
         os_family: OsFamily,
         call_timeout: float = 10.0,
         shutdown_timeout: float = 60.0,
+        output_limit: int = OUTPUT_LIMIT,
     ) -> None:
         if os_family not in ("linux", "windows"):
             raise ValueError(f"os_family must be 'linux' or 'windows', not {os_family!r}")
@@ -144,6 +149,7 @@ class AgentChannel:
         self.os_family: OsFamily = os_family
         self.call_timeout = call_timeout
         self.shutdown_timeout = shutdown_timeout
+        self.output_limit = output_limit
 
     def __repr__(self) -> str:
         return f"AgentChannel({self._domain_name!r}, os_family={self.os_family!r})"
@@ -248,14 +254,15 @@ class AgentChannel:
         else:
             # Killed by a signal: report it the way a shell does.
             exit_code = 128 + int(status.get("signal", 0))
+        streams: list[str] = []
         for stream in ("out", "err"):
+            text = _decode(status.get(f"{stream}-data"), self.output_limit)
             if status.get(f"{stream}-truncated"):
                 log.warning("%s: qemu-ga truncated the command's std%s", self._domain_name, stream)
+                text += ("" if text.endswith("\n") or not text else "\n") + AGENT_CUT + "\n"
+            streams.append(text)
         return CommandResult(
-            exit_code=exit_code,
-            stdout=_decode(status.get("out-data")),
-            stderr=_decode(status.get("err-data")),
-            seconds=seconds,
+            exit_code=exit_code, stdout=streams[0], stderr=streams[1], seconds=seconds
         )
 
     def _kill(self, pid: int) -> bool:
@@ -378,7 +385,19 @@ class AgentChannel:
         )
 
 
-def _decode(data: object) -> str:
+def _decode(data: object, limit: int) -> str:
+    """qemu-ga's base64 output as text, at most ``limit`` bytes of it: only the two ends of a
+    long answer are decoded (up to 16 MB of output arrive as one base64 string)."""
     if not data:
         return ""
-    return base64.b64decode(str(data)).decode("utf-8", errors="replace")
+    text = str(data)
+    size = len(text) // 4 * 3 - text[-2:].count("=")
+    if len(text) % 4 or size <= limit:  # short, or not in 4-character groups: decode it all
+        return cap_bytes(base64.b64decode(text), limit)
+    head_bytes = limit // 2
+    tail_bytes = limit - head_bytes
+    head = base64.b64decode(text[: -(-head_bytes // 3) * 4])[:head_bytes]
+    tail_start = len(text) - -(-(tail_bytes + 2) // 3) * 4
+    tail = base64.b64decode(text[tail_start:])
+    tail = tail[len(tail) - tail_bytes :] if tail_bytes else b""
+    return join_cut(head, size - len(head) - len(tail), tail)

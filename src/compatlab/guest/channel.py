@@ -19,6 +19,10 @@ Every failure is a :class:`~compatlab.errors.GuestError` (or its ``GuestTimeout`
 
 Both channels start PowerShell the same way, so its two helpers live here:
 :func:`encode_powershell` and :func:`clean_clixml`.
+
+A command's output is the guest's to make long: each stream is capped at
+:data:`OUTPUT_LIMIT` bytes in memory (its head and its tail around a ``[… N bytes cut]`` mark,
+:mod:`compatlab.text`), however much the command printed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from compatlab.errors import GuestTimeout
 
 __all__ = [
     "CHANNELS",
+    "OUTPUT_LIMIT",
     "Channel",
     "CommandResult",
     "clean_clixml",
@@ -45,13 +50,20 @@ __all__ = [
 ]
 
 
+# Bytes of one output stream of one command kept in memory (head + tail); the report embeds
+# less still and keeps the rest as a file.
+OUTPUT_LIMIT = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """What a command run in the guest left behind.
 
     ``exit_code`` is the process's exit status; a process killed by signal N (Linux) is reported
     as ``128 + N``, as a shell would. ``stdout`` and ``stderr`` are decoded as UTF-8, with
-    undecodable bytes replaced; for PowerShell, ``stderr`` is the text of its error records, not
+    undecodable bytes replaced, and hold at most the channel's output limit of bytes
+    (:data:`OUTPUT_LIMIT` by default): beyond it, the head and the tail around a
+    ``[… N bytes cut]`` mark. For PowerShell, ``stderr`` is the text of its error records, not
     their CLIXML. ``seconds`` is wall time on the controller, round trips included.
     """
 

@@ -42,11 +42,13 @@ from winrm.protocol import Protocol
 from compatlab.catalog import Credentials
 from compatlab.errors import GuestError, GuestTimeout, GuestUnreachable
 from compatlab.guest.channel import (
+    OUTPUT_LIMIT,
     CommandResult,
     clean_clixml,
     encode_powershell,
     poll_until_ready,
 )
+from compatlab.text import OutputBuffer
 
 __all__ = ["WinRMChannel", "WinRMTransport", "map_winrm_error", "resolve_password"]
 
@@ -197,7 +199,8 @@ class WinRMChannel:
     ``transport`` is pywinrm's authentication (``ntlm`` by default; ``basic`` only over https or
     a loopback test double). ``server_cert_validation`` and ``ca_trust_path`` apply to https.
     ``domain`` is the libvirt domain's name, for error messages. ``shutdown_timeout`` bounds how
-    long :meth:`reboot` / :meth:`shutdown` wait for WinRM to stop answering.
+    long :meth:`reboot` / :meth:`shutdown` wait for WinRM to stop answering. ``output_limit``
+    bounds the bytes of each output stream of :meth:`run` kept in memory as they arrive.
     """
 
     name: Final = _CHANNEL
@@ -215,6 +218,7 @@ class WinRMChannel:
         domain: str | None = None,
         operation_timeout: int = 20,
         shutdown_timeout: float = 120.0,
+        output_limit: int = OUTPUT_LIMIT,
     ) -> None:
         if scheme not in ("http", "https"):
             raise ValueError(f"scheme must be 'http' or 'https', not {scheme!r}")
@@ -228,6 +232,7 @@ class WinRMChannel:
         self.ca_trust_path = ca_trust_path
         self.operation_timeout = max(1, operation_timeout)
         self.shutdown_timeout = shutdown_timeout
+        self.output_limit = output_limit
 
     def __repr__(self) -> str:
         # No password here, ever: reprs end up in logs and tracebacks.
@@ -279,8 +284,12 @@ class WinRMChannel:
         *,
         timeout: float,
         stdin: Iterator[bytes] | None = None,
-    ) -> tuple[bytes, bytes, int, float]:
-        """One command in a fresh shell: (stdout, stderr, exit code, seconds)."""
+        limit: int | None = None,
+    ) -> tuple[OutputBuffer, OutputBuffer, int, float]:
+        """One command in a fresh shell: (stdout, stderr, exit code, seconds).
+
+        ``limit`` bounds the bytes kept of each stream (None: all, for a file's content).
+        """
         start = time.monotonic()
         deadline = start + timeout
         protocol = self._protocol(timeout)
@@ -303,7 +312,8 @@ class WinRMChannel:
             )
             if stdin is not None:
                 self._send(protocol, shell_id, command_id, stdin, step)
-            out, err, code = self._receive(protocol, shell_id, command_id, deadline, timeout)
+            out, err = OutputBuffer(limit), OutputBuffer(limit)
+            code = self._receive(protocol, shell_id, command_id, deadline, timeout, out, err)
         except GuestError as exc:
             # Over a broken wire, clean-up requests would only wait out their own timeouts.
             if not isinstance(exc.__cause__, requests.exceptions.RequestException):
@@ -336,10 +346,16 @@ class WinRMChannel:
             chunk = following
 
     def _receive(
-        self, protocol: Protocol, shell_id: str, command_id: str, deadline: float, timeout: float
-    ) -> tuple[bytes, bytes, int]:
-        out: list[bytes] = []
-        err: list[bytes] = []
+        self,
+        protocol: Protocol,
+        shell_id: str,
+        command_id: str,
+        deadline: float,
+        timeout: float,
+        out: OutputBuffer,
+        err: OutputBuffer,
+    ) -> int:
+        """Collect the command's output into ``out`` and ``err``; its exit code."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -363,7 +379,7 @@ class WinRMChannel:
             out.append(stdout)
             err.append(stderr)
             if done:
-                return b"".join(out), b"".join(err), code
+                return int(code)
 
     def _clean_up(self, protocol: Protocol, shell_id: str | None, command_id: str | None) -> None:
         """Signal terminate (ends the process if our timeout left it running), delete the shell.
@@ -393,7 +409,7 @@ class WinRMChannel:
         failures raise: waiting does not cure them. Anything else is "not up yet".
         """
         try:
-            self._execute("hostname", [], timeout=timeout)
+            self._execute("hostname", [], timeout=timeout, limit=self.output_limit)
         except GuestError as exc:
             permanent = (AuthenticationError, requests.exceptions.SSLError)
             if isinstance(exc.__cause__, permanent):
@@ -415,16 +431,13 @@ class WinRMChannel:
             executable, arguments = _powershell(command)
         else:
             raise ValueError(f"shell over WinRM must be 'cmd' or 'powershell', not {shell!r}")
-        out, err, code, seconds = self._execute(executable, arguments, timeout=timeout)
-        stderr = err.decode("utf-8", errors="replace")
+        out, err, code, seconds = self._execute(
+            executable, arguments, timeout=timeout, limit=self.output_limit
+        )
+        stderr = err.text()
         if shell == "powershell":
             stderr = clean_clixml(stderr)
-        return CommandResult(
-            exit_code=code,
-            stdout=out.decode("utf-8", errors="replace"),
-            stderr=stderr,
-            seconds=seconds,
-        )
+        return CommandResult(exit_code=code, stdout=out.text(), stderr=stderr, seconds=seconds)
 
     def write_file(self, path: str, data: bytes, *, timeout: float = 300.0) -> None:
         """Stream ``data`` as base64 lines on a PowerShell's stdin; check size and SHA-256."""
@@ -434,12 +447,14 @@ class WinRMChannel:
             base64.b64encode(data[i : i + _UPLOAD_LINE]) + b"\r\n"
             for i in range(0, max(len(data), 1), _UPLOAD_LINE)
         )
-        out, err, code, _ = self._execute(executable, arguments, timeout=timeout, stdin=lines)
+        out, err, code, _ = self._execute(
+            executable, arguments, timeout=timeout, stdin=lines, limit=self.output_limit
+        )
         if code != 0:
-            reason = clean_clixml(err.decode("utf-8", errors="replace")).strip()
+            reason = clean_clixml(err.text()).strip()
             raise self._error(GuestError, f"writing {path} failed (exit {code}): {reason}")
         expected = f"{len(data)} {hashlib.sha256(data).hexdigest()}"
-        answer = out.decode("utf-8", errors="replace").strip()
+        answer = out.text().strip()
         if answer != expected:
             raise self._error(
                 GuestError, f"writing {path}: the guest wrote {answer!r}, expected {expected!r}"
@@ -448,12 +463,13 @@ class WinRMChannel:
     def read_file(self, path: str, *, timeout: float = 300.0) -> bytes:
         """Read the file as base64 from a PowerShell's stdout."""
         executable, arguments = _powershell(_DOWNLOAD_SCRIPT % {"path": _ps_quote(path)})
+        # The file's content is the answer: all of stdout is kept (stderr is only the reason).
         out, err, code, _ = self._execute(executable, arguments, timeout=timeout)
         if code != 0:
-            reason = clean_clixml(err.decode("utf-8", errors="replace")).strip()
+            reason = clean_clixml(err.text()).strip()
             raise self._error(GuestError, f"reading {path} failed (exit {code}): {reason}")
         try:
-            return base64.b64decode(b"".join(out.split()), validate=True)
+            return base64.b64decode(b"".join(out.data().split()), validate=True)
         except ValueError as exc:
             raise self._error(GuestError, f"reading {path}: the answer is not base64") from exc
 
@@ -467,13 +483,15 @@ class WinRMChannel:
 
     def _shutdown(self, flag: Literal["/r", "/s"]) -> None:
         try:
-            out, err, code, _ = self._execute(f"shutdown {flag} /t 0", [], timeout=30)
+            out, err, code, _ = self._execute(
+                f"shutdown {flag} /t 0", [], timeout=30, limit=self.output_limit
+            )
         except (GuestUnreachable, GuestTimeout) as exc:
             # The connection dropping under the command is the shutdown working.
             log.debug("%s: went away during shutdown %s: %s", self.endpoint, flag, exc)
             return
         if code != 0:
-            text = (err or out).decode("utf-8", errors="replace").strip()
+            text = (err.text() or out.text()).strip()
             raise self._error(GuestError, f"shutdown {flag} /t 0 failed (exit {code}): {text}")
         # Windows keeps answering for a while after the command returned.
         deadline = time.monotonic() + self.shutdown_timeout
