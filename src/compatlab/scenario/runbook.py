@@ -45,6 +45,10 @@ def run_book(vm: Session) -> None:
 def _phases(vm: Session) -> None:
     cell, scenario = vm.cell, vm.cell.scenario
     with vm.phase(Phase.PROVISION):
+        # What the cell runs on, in the timeline: the demo's WinRM images say here that their
+        # WinRM service is a stand-in, not Windows.
+        image = cell.image
+        vm.note("scenario", "image", f"{image.name}: {image.display_name}, over {image.channel}")
         vm.machine.start()
         # Ask the guest only once the hypervisor has said it started: an answer before that
         # would be dropped by the watcher, and the boot would never count as complete.
