@@ -152,3 +152,29 @@ def test_describe_large_counts() -> None:
     assert describe(act(0, 0, 0, 0), act(0, 12 * 10**15, 0, 1)).endswith(
         "12000.0 TB read, 0 B written"
     )
+
+
+def test_a_guest_that_waited_for_the_host_a_quarter_of_the_time_was_starved() -> None:
+    from compatlab.lab.activity import Activity, describe, starved
+
+    before = Activity(10.0, 0, 0, taken=100.0, vcpu_delay_seconds=5.0, vcpus=1)
+    busy_host = Activity(52.0, 6_200_000, 22_500, taken=220.0, vcpu_delay_seconds=64.0, vcpus=1)
+    idle_hang = Activity(12.0, 0, 0, taken=220.0, vcpu_delay_seconds=6.0, vcpus=1)
+    assert starved(before, busy_host)
+    assert not starved(before, idle_hang)
+    assert "59 s waiting for a host CPU" in describe(before, busy_host)
+
+
+def test_the_vcpu_delay_is_read_from_the_bulk_stats() -> None:
+    from compatlab.lab.activity import from_stats
+
+    stats = {
+        "cpu.time": 81_785_940_000,
+        "vcpu.current": 2,
+        "vcpu.0.delay": 58_790_367_282,
+        "vcpu.1.delay": 1_209_632_718,
+        "block.count": 0,
+    }
+    found = from_stats(stats, taken=1.0)
+    assert found is not None
+    assert (found.vcpus, round(found.vcpu_delay_seconds, 3)) == (2, 60.0)

@@ -35,11 +35,18 @@ from typing import Any
 
 import libvirt
 
-__all__ = ["Activity", "describe", "from_stats", "sample"]
+__all__ = ["STARVED", "Activity", "describe", "from_stats", "sample", "starved"]
 
 log = logging.getLogger("compatlab.lab")
 
-_STATS = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BLOCK
+_STATS = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+)
+# A guest whose vCPUs waited for a host CPU this share of the time or more was starved by the
+# host: what it did (or did not do) in that time says nothing about the update.
+STARVED = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,10 @@ class Activity:
     disk_read_bytes: int
     disk_write_bytes: int
     taken: float
+    # Time the vCPUs were runnable but waited for a host CPU (libvirt's vcpu.N.delay, the
+    # host scheduler's run delay), summed; 0 where libvirt does not say.
+    vcpu_delay_seconds: float = 0.0
+    vcpus: int = 1
 
 
 def sample(domain: Any) -> Activity | None:
@@ -89,7 +100,9 @@ def from_stats(stats: Mapping[str, Any], taken: float) -> Activity | None:
         # An empty CD-ROM drive may be listed without counters.
         read += int(stats.get(f"block.{index}.rd.bytes", 0))
         written += int(stats.get(f"block.{index}.wr.bytes", 0))
-    return Activity(int(stats["cpu.time"]) / 1e9, read, written, taken)
+    vcpus = int(stats.get("vcpu.current", 1)) or 1
+    delay = sum(int(stats.get(f"vcpu.{i}.delay", 0)) for i in range(vcpus)) / 1e9
+    return Activity(int(stats["cpu.time"]) / 1e9, read, written, taken, delay, vcpus)
 
 
 def _per_call(domain: Any, taken: float) -> Activity | None:
@@ -134,10 +147,25 @@ def describe(before: Activity, after: Activity) -> str:
             "(the guest was powered off and on)"
         )
     share = 100 * cpu / elapsed
-    return (
+    text = (
         f"CPU {_percent(share)} of one vCPU over the last {_duration(elapsed)}, "
         f"{_size(read)} read, {_size(written)} written"
     )
+    waited = after.vcpu_delay_seconds - before.vcpu_delay_seconds
+    if waited > 0:
+        text += f", {_duration(waited)} waiting for a host CPU"
+    return text
+
+
+def starved(before: Activity, after: Activity) -> bool:
+    """The host kept the guest's vCPUs waiting for a CPU at least :data:`STARVED` of the time.
+
+    A hung guest sleeps and waits for nothing; a guest that wanted to run and could not was
+    slowed by the lab, and a boot timeout it ran into is the lab's failure, not a hang.
+    """
+    elapsed = after.taken - before.taken
+    waited = after.vcpu_delay_seconds - before.vcpu_delay_seconds
+    return elapsed > 0 and waited >= STARVED * elapsed * max(after.vcpus, 1)
 
 
 def _percent(share: float) -> str:

@@ -379,6 +379,18 @@ class Session:
                     said = f"during the boot: {activity.describe(self._boot_activity, now)}"
                     self.current.add(activity=said)
                     self.note("libvirt", "activity", said)
+                    earlier = self.watcher.crashes or any(
+                        p.extra.failed for p in self.record.phases
+                    )
+                    if activity.starved(self._boot_activity, now) and not earlier:
+                        # The guest wanted to run and the host would not let it: a boot that
+                        # ran out of time here says nothing about the update.
+                        self.lab_owns_failure = True
+                        raise LabError(
+                            f"the host starved the guest: {finding.detail} {said}",
+                            host=self.lab.hypervisor.host,
+                            domain=self.machine.name,
+                        )
             self.probe.disarm()
             self.evidence.screenshot(f"{phase}-{finding.kind}")
 
