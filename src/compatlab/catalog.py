@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar, cast
 
+from compatlab import files
 from compatlab._yaml import Node, load
-from compatlab.errors import CatalogError
+from compatlab.errors import CatalogError, InputError
 
 __all__ = [
     "OS_FAMILIES",
@@ -41,6 +42,21 @@ ChannelKind = Literal["winrm", "agent"]
 
 OS_FAMILIES: tuple[OsFamily, ...] = ("windows", "linux")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names become VM names, cell ids and report file names; a cell id joins several of them.
+MAX_NAME_LENGTH = 64
+# What any lab host can give one VM: QEMU's q35 takes up to 288 vCPUs; no host has 4 TiB spare.
+MAX_VCPUS = 256
+MAX_MEMORY_MIB = 4 * 1024 * 1024
+# An installer's exit code, as Windows (a DWORD, often shown signed) and Linux give it.
+EXIT_CODE_RANGE = (-(2**31), 2**32 - 1)
+# Commands may be shell scripts written as a YAML block: tabs and line breaks are theirs.
+COMMAND_CHARACTERS = "\t\n"
+# The fields each guest template may name, filled in by the scenario (quoted for the shell).
+TEMPLATE_FIELDS = {
+    "mount_payload": ("label", "path"),
+    "unmount_payload": ("path",),
+    "service_check": ("service",),
+}
 
 
 @dataclass(frozen=True)
@@ -205,7 +221,7 @@ class Catalog:
 
 
 def _name(node: Node, what: str) -> str:
-    name = node.text(what)
+    name = node.text(what, max_length=MAX_NAME_LENGTH)
     if not _NAME.match(name):
         raise node.error(
             f"{what} '{name}' may only hold letters, digits, '.', '_' and '-'",
@@ -214,13 +230,31 @@ def _name(node: Node, what: str) -> str:
     return name
 
 
-def _path(node: Node, base: Path, what: str) -> Path:
-    path = Path(node.text(what))
-    return path if path.is_absolute() else (base / path).resolve()
+def _path(node: Node, base: Path, what: str, kinds: tuple[files.PathKind, ...] = ("file",)) -> Path:
+    """A path relative to the catalog file, resolved; if it exists, it must be one of ``kinds``.
+
+    A missing path is left to the run (a disk built later, a folder on the lab host); a
+    symlink loop, or a folder where a file belongs, is wrong whenever it is read.
+    """
+    given = Path(node.text(what))
+    try:
+        # Relative paths are resolved, as they always were; absolute ones are kept as written.
+        path = given if given.is_absolute() else files.resolve(base / given)
+        files.check_kind(path, kinds, what, missing_ok=True)
+    except InputError as exc:
+        raise node.error(exc.message) from exc
+    return path
 
 
 def _int_list(node: Node, what: str) -> tuple[int, ...]:
-    return tuple(item.integer(what) for item in node.items(what))
+    low, high = EXIT_CODE_RANGE
+    out = []
+    for item in node.items(what):
+        code = item.integer(what)
+        if not low <= code <= high:
+            raise item.error(f"{what}: {code} is not an exit code ({low} to {high})")
+        out.append(code)
+    return tuple(out)
 
 
 # A serial marker is one line's worth of pattern; anything longer is a mistake, not a need.
@@ -229,7 +263,7 @@ _MAX_PATTERN_LENGTH = 500
 
 def _line_pattern(node: Node, what: str) -> re.Pattern[str]:
     """A regular expression searched in single serial console lines, checked at load."""
-    text = node.text(what)
+    text = node.text(what, allow="\n\r")  # line breaks get their own message, below
     if len(text) > _MAX_PATTERN_LENGTH:
         raise node.error(
             f"{what} is {len(text)} characters long, more than {_MAX_PATTERN_LENGTH}",
@@ -259,18 +293,27 @@ def parse_exit_codes(node: Node) -> ExitCodes:
     )
 
 
-_MEMORY = re.compile(r"^\s*(\d+)\s*(MiB|GiB|M|G)?\s*$")
+# Twelve digits are already past any host; more would only be a very long int() to refuse.
+_MEMORY = re.compile(r"^\s*(\d{1,12})\s*(MiB|GiB|M|G)?\s*$")
 
 
 def _memory_mib(node: Node) -> int:
     if isinstance(node.value, int) and not isinstance(node.value, bool):
-        return node.integer("memory", minimum=64)
-    match = _MEMORY.match(node.text("memory"))
-    if not match:
-        raise node.error(f"memory '{node.value}' is not a size", "write e.g. 2048, 512MiB or 4GiB")
-    amount = int(match.group(1)) * (1024 if (match.group(2) or "M").startswith("G") else 1)
+        amount = node.integer("memory", minimum=64)
+    else:
+        match = _MEMORY.match(node.text("memory"))
+        if not match:
+            raise node.error(
+                f"memory '{str(node.value)[:40]}' is not a size", "write e.g. 2048, 512MiB or 4GiB"
+            )
+        amount = int(match.group(1)) * (1024 if (match.group(2) or "M").startswith("G") else 1)
     if amount < 64:
         raise node.error(f"memory must be at least 64 MiB, not {amount} MiB")
+    if amount > MAX_MEMORY_MIB:
+        raise node.error(
+            f"memory must be at most 4 TiB ({MAX_MEMORY_MIB} MiB), not {amount} MiB",
+            "no lab host can give one VM more",
+        )
     return amount
 
 
@@ -313,7 +356,7 @@ def parse_image(path: Path) -> GoldenImage:
         credentials = Credentials(
             username=c["username"].text("username"),
             password_env=c["password_env"].text("password_env") if "password_env" in c else None,
-            password_file=_path(c["password_file"], base, "password_file")
+            password_file=_path(c["password_file"], base, "password_file", ("file",))
             if "password_file" in c
             else None,
         )
@@ -329,23 +372,20 @@ def parse_image(path: Path) -> GoldenImage:
         g = e["guest"].mapping(
             "guest", optional=("payload_path", "mount_payload", "unmount_payload", "service_check")
         )
+        templates = {
+            key: None if g[key].is_null() else g[key].template(key, fields)
+            for key, fields in TEMPLATE_FIELDS.items()
+            if key in g
+        }
+        if templates.get("service_check", "") is None:
+            raise g["service_check"].error("service_check cannot be null")
         guest = GuestConventions(
             payload_path=g["payload_path"].text("payload_path")
             if "payload_path" in g
             else defaults.payload_path,
-            mount_payload=None
-            if "mount_payload" in g and g["mount_payload"].is_null()
-            else g["mount_payload"].text("mount_payload")
-            if "mount_payload" in g
-            else defaults.mount_payload,
-            unmount_payload=None
-            if "unmount_payload" in g and g["unmount_payload"].is_null()
-            else g["unmount_payload"].text("unmount_payload")
-            if "unmount_payload" in g
-            else defaults.unmount_payload,
-            service_check=g["service_check"].text("service_check")
-            if "service_check" in g
-            else defaults.service_check,
+            mount_payload=templates.get("mount_payload", defaults.mount_payload),
+            unmount_payload=templates.get("unmount_payload", defaults.unmount_payload),
+            service_check=templates.get("service_check") or defaults.service_check,
         )
     return GoldenImage(
         guest=guest,
@@ -354,7 +394,7 @@ def parse_image(path: Path) -> GoldenImage:
         os_family=os_family,
         build=e["build"].text("build"),
         display_name=e["display_name"].text("display_name") if "display_name" in e else "",
-        disk=_path(e["disk"], base, "disk"),
+        disk=_path(e["disk"], base, "disk", ("file", "block device")),
         firmware=firmware,
         channel=channel,
         source=path,
@@ -397,7 +437,7 @@ def parse_hardware(path: Path) -> HardwareProfile:
         )
     return HardwareProfile(
         name=_name(e["name"], "hardware name"),
-        vcpus=e["vcpus"].integer("vcpus", minimum=1),
+        vcpus=e["vcpus"].integer("vcpus", minimum=1, maximum=MAX_VCPUS),
         memory_mib=_memory_mib(e["memory"]),
         firmware=firmware,
         secure_boot=secure_boot,
@@ -413,8 +453,8 @@ def parse_hardware(path: Path) -> HardwareProfile:
 
 def parse_commands(entries: Mapping[str, Node]) -> Commands:
     return Commands(
-        install=entries["install"].text("install"),
-        uninstall=entries["uninstall"].text("uninstall"),
+        install=entries["install"].text("install", allow=COMMAND_CHARACTERS),
+        uninstall=entries["uninstall"].text("uninstall", allow=COMMAND_CHARACTERS),
         exit_codes=parse_exit_codes(entries["exit_codes"])
         if "exit_codes" in entries
         else ExitCodes(),
@@ -441,10 +481,12 @@ def parse_product(path: Path) -> Product:
                 services=tuple(s.text("service") for s in h["services"].items("services"))
                 if "services" in h
                 else (),
-                command=h["command"].text("command") if "command" in h else None,
+                command=h["command"].text("command", allow=COMMAND_CHARACTERS)
+                if "command" in h
+                else None,
             )
         payloads[family] = ProductPayload(
-            folder=_path(p["payload"], base, "payload"),
+            folder=_path(p["payload"], base, "payload folder", ("folder",)),
             commands=parse_commands(p),
             health=health,
         )
@@ -469,8 +511,10 @@ _T = TypeVar("_T", bound=_Named)
 
 
 def _load_folder(folder: Path, parse: Callable[[Path], _T], what: str) -> dict[str, _T]:
-    if not folder.is_dir():
+    kind = files.path_kind(folder)
+    if kind == "missing":
         raise CatalogError(f"{what} folder does not exist", file=folder)
+    files.check_kind(folder, ("folder",), f"{what} folder", CatalogError)
     found: dict[str, _T] = {}
     for path in sorted(folder.glob("*.yaml")):
         item = parse(path)

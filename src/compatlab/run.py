@@ -51,6 +51,10 @@ class LabSettings:
     attempts: int = 2
 
 
+# Tries of a cell the lab failed: past a few, the lab is down and more only delays the report.
+MAX_ATTEMPTS = 10
+
+
 def load_lab_settings(path: Path | None) -> LabSettings:
     """``configs/lab.yaml``: ``hosts: [{uri: ...}]``, ``storage: /var/lib/compatlab``.
 
@@ -68,7 +72,9 @@ def load_lab_settings(path: Path | None) -> LabSettings:
     return LabSettings(
         uri=uri,
         storage_root=Path(root["storage"].text("storage")) if "storage" in root else DEFAULT_ROOT,
-        attempts=root["attempts"].integer("attempts", minimum=1) if "attempts" in root else 2,
+        attempts=root["attempts"].integer("attempts", minimum=1, maximum=MAX_ATTEMPTS)
+        if "attempts" in root
+        else 2,
     )
 
 

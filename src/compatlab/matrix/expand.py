@@ -4,7 +4,8 @@
 :func:`combinations` picks the value indices the strategy asks for (:func:`combination_of` maps a
 cell named by value back to them, to seed a pairwise array), :func:`rows_of` names their values,
 :func:`apply_include` adds ``include`` entries (GitHub Actions semantics: settings on every
-matching row, else a new row, which must keep the constraints), and :class:`CellMaker` turns each
+matching row, else a new row, which must keep the constraints), :func:`check_unique` refuses two
+rows that are one cell (two slots naming one product), and :class:`CellMaker` turns each
 row into a :class:`~compatlab.matrix.model.Cell`, checking what only a whole cell can break:
 firmware, what this lab can run (:func:`compatlab.catalog.check_supported`), the candidate's OS
 families, product payloads. Errors blame the axis value or include entry. This runs once per
@@ -21,6 +22,7 @@ from typing import Any, cast
 
 from compatlab._yaml import Node
 from compatlab.catalog import Catalog, OsFamily, Product, ProfileNotSupported, check_supported
+from compatlab.errors import InputError
 from compatlab.matrix.model import Candidate, Cell, ScenarioSettings, Strategy, cell_id
 from compatlab.matrix.rules import Constraint, Space
 
@@ -29,6 +31,7 @@ __all__ = [
     "Include",
     "Row",
     "apply_include",
+    "check_unique",
     "combination_of",
     "combinations",
     "rows_of",
@@ -190,6 +193,58 @@ def apply_include(
             f"include entry adds a cell that breaks the constraint at line {broken.line}"
         )
     rows.append(new)
+
+
+def check_unique(rows: Sequence[Row], space: Space, value_nodes: list[list[Node]]) -> None:
+    """Refuse two rows that are the same cell, naming where each came from.
+
+    Slots that both offer a product make the same product set twice (``av: [x, none]``,
+    ``edr: [x, none]``: x from either slot); the report keys cells by id, so one of them would
+    silently disappear. One dict lookup per row; product sets are hashed once per distinct set.
+    """
+    seen: dict[tuple[str, str, frozenset[str]], int] = {}
+    as_set: dict[tuple[str, ...], frozenset[str]] = {}
+    for index, row in enumerate(rows):
+        products = as_set.get(row.products)
+        if products is None:
+            products = as_set[row.products] = frozenset(row.products)
+        first = seen.setdefault((row.build, row.hardware, products), index)
+        if first != index:
+            raise _duplicate(rows[first], row, space, value_nodes)
+
+
+def _duplicate(first: Row, again: Row, space: Space, value_nodes: list[list[Node]]) -> InputError:
+    where, this = _origin(again, first, space, value_nodes)
+    _, that = _origin(first, again, space, value_nodes)
+    return where.error(
+        f"cell {cell_id(again.build, again.hardware, again.products)} comes twice: "
+        f"from {this}, and from {that}",
+        "a product offered by two slots, or a set listed twice: keep one",
+    )
+
+
+def _origin(row: Row, other: Row, space: Space, value_nodes: list[list[Node]]) -> tuple[Node, str]:
+    """The node to blame for ``row`` (where it differs from ``other``) and a description."""
+    if row.origin is not None:
+        return row.origin, f"the include entry at {_at(row.origin)}"
+    if row.slots is None:
+        axis = space.index("products")
+        node = value_nodes[axis][space.axes[axis].values.index(row.products)]
+        return node, f"product set {list(row.products)} at {_at(node)}"
+    parts = []
+    blame: Node | None = None
+    for axis in space.product_axes:
+        slot = space.axes[axis].key.partition(".")[2]
+        value = row.slots.get(slot)
+        node = value_nodes[axis][space.axes[axis].values.index(value)]
+        parts.append(f"{slot}: {value or 'none'} ({_at(node)})")
+        if blame is None and (other.slots or {}).get(slot) != value:
+            blame = node
+    return blame or value_nodes[space.product_axes[0]][0], "slots " + ", ".join(parts)
+
+
+def _at(node: Node) -> str:
+    return f"{node.file}:{node.line}"
 
 
 def _decoded(row: Row) -> dict[str, object]:

@@ -25,13 +25,17 @@ Semantics, by key:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, cast
 
+from compatlab import files
 from compatlab._yaml import Node, did_you_mean, load
 from compatlab.catalog import (
+    COMMAND_CHARACTERS,
+    MAX_NAME_LENGTH,
     OS_FAMILIES,
     Catalog,
     Commands,
@@ -39,11 +43,12 @@ from compatlab.catalog import (
     load_catalog,
     parse_exit_codes,
 )
-from compatlab.errors import MatrixError
+from compatlab.errors import InputError, MatrixError
 from compatlab.matrix.expand import (
     CellMaker,
     Include,
     apply_include,
+    check_unique,
     combination_of,
     combinations,
     rows_of,
@@ -62,6 +67,16 @@ from compatlab.matrix.rules import (
 __all__ = ["CatalogCache", "load_matrix"]
 
 CatalogCache = dict[tuple[Path, Path, Path], Catalog]
+
+# Bounds on what a run can use. Past them a value is a typo or an attack: boots: 10^38 never
+# ends, boot_timeout: .inf never times out and 1e300 overflows a timer.
+MAX_COUNTS = {"boots": 100, "boot_loop": 100, "reruns": 10}
+MAX_SECONDS = 86_400.0  # a day: longer than any boot or bake a lab waits for
+MAX_BOOT_REGRESSION = 100.0
+MAX_INSTALLER_REBOOTS = 10
+# A full matrix is expanded in memory before constraints filter it; 2 million combinations take
+# seconds and a gigabyte. A bigger one is a pairwise matrix, or several files.
+MAX_COMBINATIONS = 2_000_000
 
 
 def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None = None) -> Matrix:
@@ -98,6 +113,12 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
     )
     rules = [*constraints, *(Constraint(Clause(()), None, ex, ex.line) for ex in excludes)]
     strategy, seeds = _strategy(top.get("strategy"), space, catalog, path.parent)
+    if strategy.kind == "full" and math.prod(space.sizes) > MAX_COMBINATIONS:
+        raise top["axes"].error(
+            f"the full matrix has {math.prod(space.sizes):,} combinations, more than "
+            f"{MAX_COMBINATIONS:,}",
+            "use strategy: {kind: pairwise}, or split the matrix into several files",
+        )
     try:
         combos = combinations(space, strategy, rules, seeds)
     except ValueError as exc:  # only a pairwise array raises it, when its seeds cannot be used
@@ -109,6 +130,11 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
     if not rows:
         where = top.get("constraints") or top.get("exclude") or top["axes"]
         raise where.error("the axes, excludes and constraints leave no cell to run")
+    if strategy.kind == "pairwise" or space.product_mode == "slots":
+        # A full product of distinct values (product sets compared as sets) is unique by
+        # construction, and an include only adds a cell no row matches: only slots (two may
+        # offer one product) and seeded pairwise arrays can repeat a cell.
+        check_unique(rows, space, value_nodes)
 
     make = CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes)
     cells = tuple(make(row) for row in rows)
@@ -126,10 +152,7 @@ def _catalog(node: Node | None, path: Path, root: Path, cache: CatalogCache | No
     }
     if node is not None:
         for key, value in node.mapping("catalog", optional=tuple(folders)).items():
-            folder = (path.parent / value.text(f"catalog {key}")).resolve()
-            if not folder.is_dir():
-                raise value.error(f"catalog folder {folder} does not exist")
-            folders[key] = folder
+            folders[key] = _folder(value, path.parent, f"catalog {key}", "catalog folder")
     key3 = (folders["images"], folders["hardware"], folders["products"])
     if cache is not None and key3 in cache:
         return cache[key3]
@@ -137,6 +160,16 @@ def _catalog(node: Node | None, path: Path, root: Path, cache: CatalogCache | No
     if cache is not None:
         cache[key3] = catalog
     return catalog
+
+
+def _folder(node: Node, base: Path, what: str, kind: str) -> Path:
+    """A folder named by ``node``, relative to ``base``: it must exist and be a folder."""
+    try:
+        folder = files.resolve(base / node.text(what))
+        files.check_kind(folder, ("folder",), kind)
+    except InputError as exc:
+        raise node.error(exc.message) from exc
+    return folder
 
 
 def _per_os(node: Node, what: str) -> dict[OsFamily, Node]:
@@ -152,9 +185,7 @@ def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
         required=("name", "version", "payload", "install", "uninstall"),
         optional=("exit_codes", "reboots"),
     )
-    payload = (base / c["payload"].text("payload")).resolve()
-    if not payload.is_dir():
-        raise c["payload"].error(f"candidate payload folder {payload} does not exist")
+    payload = _folder(c["payload"], base, "payload", "candidate payload folder")
     install = _per_os(c["install"], "candidate install")
     uninstall = _per_os(c["uninstall"], "candidate uninstall")
     exit_codes = parse_exit_codes(c["exit_codes"]) if "exit_codes" in c else None
@@ -163,16 +194,18 @@ def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
         if family not in uninstall:
             raise c["uninstall"].error(f"candidate uninstall has no {family} command")
         commands[family] = Commands(
-            install=command.text("install command"),
-            uninstall=uninstall[family].text("uninstall command"),
+            install=command.text("install command", allow=COMMAND_CHARACTERS),
+            uninstall=uninstall[family].text("uninstall command", allow=COMMAND_CHARACTERS),
             **({"exit_codes": exit_codes} if exit_codes else {}),
         )
     candidate = Candidate(
-        name=c["name"].text("candidate name"),
-        version=c["version"].text("candidate version"),
+        name=c["name"].text("candidate name", max_length=MAX_NAME_LENGTH),
+        version=c["version"].text("candidate version", max_length=MAX_NAME_LENGTH),
         payload=payload,
         commands=commands,
-        reboots=c["reboots"].integer("reboots", minimum=0) if "reboots" in c else 0,
+        reboots=c["reboots"].integer("reboots", minimum=0, maximum=MAX_INSTALLER_REBOOTS)
+        if "reboots" in c
+        else 0,
     )
     return candidate, {"install": c["install"]}
 
@@ -187,12 +220,14 @@ def _scenario_overrides(node: Node) -> dict[str, Any]:
 
 
 def _scenario_value(key: str, value: Node) -> Any:
-    if key in ("boots", "boot_loop", "reruns"):
-        return value.integer(key, minimum=1)
+    if key in MAX_COUNTS:
+        return value.integer(key, minimum=1, maximum=MAX_COUNTS[key])
     if key in ("boot_timeout", "bake"):
-        return value.number(key, minimum=0)
+        return value.number(key, positive=True, maximum=MAX_SECONDS)
     if key == "boot_regression":
-        return None if value.is_null() else value.number(key, minimum=1)
+        return (
+            None if value.is_null() else value.number(key, minimum=1, maximum=MAX_BOOT_REGRESSION)
+        )
     if key == "baseline":
         return value.choice(("always", "on_failure", "never"), "baseline")
     return value.flag(key)
@@ -263,10 +298,13 @@ def _axes(node: Node, catalog: Catalog) -> tuple[Space, list[list[Node]]]:
         return Space(tuple(axes), "slots"), nodes
     sets: list[tuple[str, ...]] = []
     set_nodes = []
+    seen: set[frozenset[str]] = set()
     for item in products.items("products"):
         product_set = _product_set(item, catalog)
-        if product_set in sets:
+        # [av, edr] and [edr, av] are one configuration, and would be two cells.
+        if frozenset(product_set) in seen:
             raise item.error(f"product set {list(product_set)} is listed twice")
+        seen.add(frozenset(product_set))
         sets.append(product_set)
         set_nodes.append(item)
     if not sets:
@@ -433,20 +471,44 @@ def _seed_row(node: Node, space: Space, catalog: Catalog) -> list[int | None]:
 
 
 def _previous_rows(node: Node, base: Path, space: Space) -> list[list[int | None]]:
-    """Rows of a previous run's results.json whose values are all still on the axes."""
-    path = (base / node.text("previous")).resolve()
+    """Rows of a previous run's results.json whose values are all still on the axes.
+
+    Only each cell's ``build``, ``hardware`` and ``products`` are read, so results of other
+    compatlab versions serve; anything else about the file that is wrong is an error here.
+    """
     try:
-        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise node.error(f"cannot read previous results {path}: {exc}") from exc
+        path = files.resolve(base / node.text("previous"))
+        text = files.read_text(path, limit=files.MAX_RESULTS_BYTES, what="previous results")
+    except InputError as exc:
+        raise node.error(f"cannot read previous results: {exc}") from exc
+
+    def wrong(message: str) -> InputError:
+        return node.error(f"previous results {path}: {message}", "a results.json compatlab wrote")
+
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise wrong("nested too deeply to be a results.json") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
+        raise wrong(f"not JSON: {exc}") from exc
+    cells = doc.get("cells") if isinstance(doc, dict) else None
+    if not isinstance(cells, list):
+        raise wrong("$.cells must be a list of cells")
     rows: list[list[int | None]] = []
-    for cell in cells:
-        row = combination_of(
-            space,
-            str(cell.get("build")),
-            str(cell.get("hardware")),
-            tuple(cell.get("products") or ()),
-        )
-        if row is not None and row not in rows:
+    seen: set[tuple[int | None, ...]] = set()
+    for i, cell in enumerate(cells):
+        where = f"$.cells[{i}]"
+        if not isinstance(cell, dict):
+            raise wrong(f"{where} must be an object, not {type(cell).__name__}")
+        build, hardware = cell.get("build"), cell.get("hardware")
+        products = cell.get("products")
+        products = [] if products is None else products
+        if not isinstance(build, str) or not isinstance(hardware, str):
+            raise wrong(f"{where}: build and hardware must be strings")
+        if not isinstance(products, list) or not all(isinstance(p, str) for p in products):
+            raise wrong(f"{where}.products must be a list of product names")
+        row = combination_of(space, build, hardware, tuple(products))
+        if row is not None and tuple(row) not in seen:
+            seen.add(tuple(row))
             rows.append(row)
     return rows

@@ -10,7 +10,11 @@ Schema 1::
 Other tools (``compatlab report``, ``compatlab signoff``, ``--matrix-resume``, history) read this
 file, so every write is atomic -- a temporary file beside it, fsynced, then renamed over it -- and
 a crash mid-write leaves the previous version, never half a file. The file is rewritten after each
-cell (:class:`ResultsWriter`), so a run killed at cell 900 of 1000 still has 899 verdicts.
+cell (:class:`ResultsWriter`), so a run killed at cell 900 of 1000 still has 899 verdicts. The
+writer keeps each cell's JSON as text, so a rewrite joins text instead of serialising the whole
+run again; and it keeps a command's long output out of the file: an excerpt of
+:data:`RESULTS_OUTPUT_LIMIT` characters stays, the whole output goes to a file in the cell's
+evidence folder, named in its ``artifacts`` (:func:`keep_long_outputs`).
 
 While a run is going, ``finished`` holds the time of the last write (the contract wants a string)
 and ``run.complete`` is false; :func:`load_results` gives ``finished=None`` for such a run.
@@ -19,6 +23,7 @@ and ``run.complete`` is false; :func:`load_results` gives ``finished=None`` for 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from compatlab.errors import InputError, StorageError
+from compatlab.files import MAX_RESULTS_BYTES, read_text
+from compatlab.lab.storage import cell_slug as _evidence_slug
 from compatlab.model import (
     Attribution,
     Boot,
@@ -41,21 +48,31 @@ from compatlab.model import (
     Event,
     Verdict,
 )
+from compatlab.text import cap_text
 
 __all__ = [
     "RESULTS_FILE",
+    "RESULTS_OUTPUT_LIMIT",
     "SCHEMA",
     "Results",
     "ResultsWriter",
     "RunInfo",
+    "cap_text",
+    "evidence_folder",
+    "keep_long_outputs",
     "load_results",
+    "output_artifact",
     "results_document",
     "write_results",
     "write_text_atomic",
 ]
 
+log = logging.getLogger("compatlab.report")
+
 SCHEMA = 1
 RESULTS_FILE = "results.json"
+# Characters of one command output stream kept in results.json; the whole goes to a file.
+RESULTS_OUTPUT_LIMIT = 64 * 1024
 _S = TypeVar("_S", bound=str)
 _BOOT_OUTCOMES: tuple[BootOutcome, ...] = typing.get_args(BootOutcome)
 
@@ -130,7 +147,11 @@ def write_text_atomic(path: Path, text: str, *, durable: bool = True) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            # backslashreplace: a lone surrogate (JSON can carry "\ud800") is written as its
+            # escape, which a JSON reader reads back as it was, instead of failing the write.
+            with os.fdopen(
+                fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n"
+            ) as out:
                 out.write(text)
                 if durable:
                     out.flush()
@@ -156,11 +177,88 @@ def _results_path(path: Path) -> Path:
     return path / RESULTS_FILE if path.suffix != ".json" else path
 
 
+def _dumps(value: object) -> str:
+    try:
+        return json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        # An infinite or NaN number (a clock gone wrong, a hand-edited file resumed): written as
+        # Python's json writes and reads it, rather than losing the run's results.
+        log.warning("compatlab: results.json holds a number that is not finite")
+        return json.dumps(value, indent=1, ensure_ascii=False, allow_nan=True)
+
+
+def _cell_text(cell: CellResult) -> str:
+    """One cell's JSON, indented as it stands in the file's ``cells`` list."""
+    return "  " + _dumps(cell.as_json()).replace("\n", "\n  ")  # JSON strings hold no raw \n
+
+
+def _document_text(run: RunInfo, cells: Iterable[str]) -> str:
+    """results.json's text from the run and the cells' texts: what ``json.dumps(indent=1)`` of
+    :func:`results_document` gives, without serialising the cells again."""
+    head = _dumps({"schema": SCHEMA, "run": run.as_json(), "cells": []})
+    empty = "[]\n}"
+    if not head.endswith(empty):
+        raise AssertionError("results.json: 'cells' must be the document's last key")
+    joined = ",\n".join(cells)
+    if not joined:
+        return head + "\n"
+    return f"{head[: -len(empty)]}[\n{joined}\n ]\n}}\n"
+
+
 def write_results(path: Path, run: RunInfo, cells: Iterable[CellResult]) -> Path:
     """Write results.json atomically. ``path`` is the run folder or the file itself."""
     target = _results_path(path)
-    text = json.dumps(results_document(run, cells), indent=1, ensure_ascii=False, allow_nan=False)
-    return write_text_atomic(target, text + "\n")
+    return write_text_atomic(target, _document_text(run, (_cell_text(c) for c in cells)))
+
+
+def output_artifact(n: int, stream: str) -> str:
+    """The ``artifacts`` key naming the file that holds the whole ``stream`` (``"stdout"`` or
+    ``"stderr"``) of a cell's command ``n`` (1-based): ``command-3-stdout``."""
+    return f"command-{n}-{stream}"
+
+
+def evidence_folder(cell: CellResult) -> str:
+    """``cells/<slug>``, relative to the run folder: where a cell's evidence is kept (the same
+    folder the scenario copies the serial log and screenshots into)."""
+    return f"cells/{_evidence_slug(f'{Path(cell.matrix).stem}/{cell.id}')}"
+
+
+def keep_long_outputs(
+    run_dir: Path, cell: CellResult, *, limit: int = RESULTS_OUTPUT_LIMIT
+) -> CellResult:
+    """``cell`` with each command output of more than ``limit`` characters cut to an excerpt
+    (:func:`cap_text`: head and tail around ``[… N bytes cut]``), the whole output written to
+    ``<evidence folder>/command-<n>-<stream>.txt`` under ``run_dir`` and named in the cell's
+    ``artifacts`` under :func:`output_artifact`. A cell without long output comes back as is.
+
+    If the disk refuses the file, the excerpt stays without it (logged): a full disk must not
+    cost the cell its result.
+    """
+    long = [
+        (n, record)
+        for n, record in enumerate(cell.commands, start=1)
+        if len(record.stdout) > limit or len(record.stderr) > limit
+    ]
+    if not long:
+        return cell
+    folder = evidence_folder(cell)
+    commands = list(cell.commands)
+    artifacts = dict(cell.artifacts)
+    for n, record in long:
+        kept = {"stdout": record.stdout, "stderr": record.stderr}
+        for stream, text in list(kept.items()):
+            if len(text) <= limit:
+                continue
+            relative = f"{folder}/command-{n}-{stream}.txt"
+            try:
+                write_text_atomic(run_dir / relative, text, durable=False)
+            except StorageError as exc:
+                log.warning("compatlab: %s: output of command %d not kept: %s", cell.id, n, exc)
+            else:
+                artifacts[output_artifact(n, stream)] = relative
+            kept[stream] = cap_text(text, limit)
+        commands[n - 1] = replace(record, stdout=kept["stdout"], stderr=kept["stderr"])
+    return replace(cell, commands=commands, artifacts=artifacts)
 
 
 class ResultsWriter:
@@ -168,13 +266,29 @@ class ResultsWriter:
 
     A cell reported again under the same ``(matrix, id)`` (a retry) replaces the earlier one,
     keeping its place. Thread-safe: the plugin may report from several threads.
+
+    Each cell is serialised once, when it is added, and kept as text: the rewrite after a cell
+    joins those texts (the file stays atomic and whole) instead of serialising every cell again.
+    A command's long output is kept as a file, not in results.json (:func:`keep_long_outputs`).
     """
 
     def __init__(self, run_dir: Path, run: RunInfo, cells: Iterable[CellResult] = ()) -> None:
         self.path = _results_path(run_dir)
         self._run = run
-        self._cells: dict[tuple[str, str], CellResult] = {(c.matrix, c.id): c for c in cells}
+        self._cells: dict[tuple[str, str], CellResult] = {}
+        self._texts: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
+        for cell in cells:
+            self._put(cell)
+
+    def _put(self, cell: CellResult) -> None:
+        cell = keep_long_outputs(self.path.parent, cell)
+        key = (cell.matrix, cell.id)
+        self._cells[key] = cell
+        self._texts[key] = _cell_text(cell)
+
+    def _write(self) -> Path:
+        return write_text_atomic(self.path, _document_text(self._run, self._texts.values()))
 
     @classmethod
     def resume(cls, run_dir: Path, run: RunInfo) -> ResultsWriter:
@@ -200,14 +314,14 @@ class ResultsWriter:
     def add(self, cell: CellResult) -> Path:
         """Record one finished cell and rewrite the file."""
         with self._lock:
-            self._cells[(cell.matrix, cell.id)] = cell
-            return write_results(self.path, self._run, self._cells.values())
+            self._put(cell)
+            return self._write()
 
     def finish(self, finished: datetime) -> Path:
         """Mark the run complete and rewrite the file."""
         with self._lock:
             self._run = replace(self._run, finished=finished)
-            return write_results(self.path, self._run, self._cells.values())
+            return self._write()
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -413,16 +527,19 @@ def load_results(path: Path) -> Results:
     """
     path = _results_path(path)
     r = _Reader(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read results: {exc.strerror or exc}", file=path) from exc
+    # A regular file of bounded size: a FIFO must not hang `compatlab report`, nor /dev/zero
+    # fill its memory.
+    raw = read_text(path, limit=MAX_RESULTS_BYTES, what="results file")
     try:
         doc = r.obj(json.loads(raw), "$")
     except json.JSONDecodeError as exc:
         raise InputError(
             f"not JSON: {exc.msg}", file=path, line=exc.lineno, column=exc.colno
         ) from exc
+    except ValueError as exc:  # an integer past Python's digit limit
+        raise InputError(f"not JSON compatlab can read: {exc}", file=path) from exc
+    except RecursionError:
+        raise InputError("not a results.json: nested too deeply", file=path) from None
     schema = r.get(doc, "schema", "$")
     if schema != SCHEMA:
         raise r.fail("$.schema", f"schema {schema!r} is not the {SCHEMA} this compatlab reads")
