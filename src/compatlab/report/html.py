@@ -9,10 +9,18 @@ log's tail, the console screenshot, the commands run.
 
 This module builds a small view model in Python and leaves layout to the templates; it reads
 artifacts only from inside the run folder, whatever a results.json says.
+
+It renders whatever a results.json that parses holds: infinite, NaN or huge numbers and naive
+timestamps are shown as they are; every value reaches the page without terminal escapes or
+control characters and at most :data:`VALUE_LIMIT` characters long; a command's output shows
+as an excerpt of :data:`OUTPUT_EXCERPT` characters, linked to the whole output where the run
+kept it as a file; page names are capped at :data:`SLUG_LENGTH` characters and unique.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -23,14 +31,19 @@ from typing import Literal
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
-from compatlab.model import Attribution, Bugcheck, CellResult, Event, Verdict
+from compatlab.model import Attribution, Bugcheck, CellResult, CommandRecord, Event, Verdict
 from compatlab.report.junit import write_junit
-from compatlab.report.results import RunInfo, load_results, write_text_atomic
+from compatlab.report.results import RunInfo, load_results, output_artifact, write_text_atomic
+from compatlab.text import cap_text, printable
 from compatlab.verdict import bugcheck_of
 
 __all__ = [
     "INDEX_FILE",
+    "OUTPUT_EXCERPT",
+    "SLUG_LENGTH",
+    "VALUE_LIMIT",
     "PlannedCell",
     "Summary",
     "cell_slug",
@@ -44,6 +57,10 @@ INDEX_FILE = "index.html"
 SERIAL_TAIL_LINES = 80
 _SERIAL_TAIL_BYTES = 256 * 1024  # enough for 80 long lines; never read a 2 GB log whole
 _TEMPLATES = Path(__file__).parent / "templates"
+SLUG_LENGTH = 120  # characters of a page's file name, without ".html": far below NAME_MAX
+OUTPUT_EXCERPT = 64 * 1024  # characters of one command output stream shown on a page
+VALUE_LIMIT = 16 * 1024  # characters of any other value shown on a page
+EVENT_ROWS = 2000  # rows of an event timeline shown: the first and the last half
 
 # Short tags beside the colour, so the grid reads without colour vision too.
 TAGS: dict[str, str] = {
@@ -60,8 +77,6 @@ TAGS: dict[str, str] = {
 _BAD_KINDS = frozenset({"crashed", "guest_panicked", "bugcheck", "panic"})
 _WARN_KINDS = frozenset({"watchdog", "reboot", "power_cycle", "hang", "shutdown", "stopped"})
 _GOOD_KINDS = frozenset({"agent_ready"})
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Serial lines worth the reader's eye: Linux panics and oopses, Windows stop screens.
 _HOT_LINE = re.compile(
     r"Kernel panic|BUG:|Oops|Call Trace|general protection|\*\*\* STOP|STOP: 0x|bugcheck"
@@ -134,15 +149,47 @@ class _EventRow:
     level: str
 
 
+@dataclass(frozen=True)
+class _Output:
+    """One output stream of a command, as the page shows it."""
+
+    name: str  # "stdout", "stderr"
+    excerpt: Markup  # escaped and cleaned here: the page's own value limit must not cut it again
+    lines: int
+    cut: bool  # the excerpt is not the whole output
+    href: str | None  # the whole output, where the run kept it as a file
+
+
+@dataclass(frozen=True)
+class _Command:
+    record: CommandRecord
+    outputs: list[_Output]
+
+
 def cell_slug(cell: CellResult, *, qualify: bool = False) -> str:
-    """File-name-safe name of a cell's evidence page (``qualify`` adds the matrix file)."""
+    """File-name-safe name of a cell's evidence page (``qualify`` adds the matrix file).
+
+    At most :data:`SLUG_LENGTH` characters: a longer name is cut and ends with a hash of the
+    whole one, so two long ids that differ only at their end still get two pages.
+    """
     base = f"{Path(cell.matrix).stem}--{cell.id}" if qualify and cell.matrix else cell.id
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "cell"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "cell"
+    if len(slug) <= SLUG_LENGTH:
+        return slug
+    digest = hashlib.sha256(base.encode("utf-8", errors="replace")).hexdigest()[:10]
+    return f"{slug[: SLUG_LENGTH - len(digest) - 1].rstrip('._-')}-{digest}"
 
 
-def _natural(text: str) -> list[object]:
-    """Sort key that puts build 9 before build 10."""
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text)]
+def _natural(text: str) -> list[tuple[int, str]]:
+    """Sort key that puts build 9 before build 10 (numbers compared by value, any length)."""
+    key = []
+    for n, part in enumerate(re.split(r"(\d+)", text)):
+        if n % 2:  # a run of digits: shorter is smaller, then digit by digit
+            digits = part.lstrip("0") or "0"
+            key.append((len(digits), digits))
+        else:
+            key.append((-1, part.lower()))
+    return key
 
 
 def _products(products: Sequence[str]) -> str:
@@ -158,6 +205,8 @@ def _when(moment: datetime | None) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return f"{seconds} s"  # "inf s", "nan s": shown as the file has it
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -211,12 +260,28 @@ def summarize(cells: Sequence[CellResult], not_run: int = 0) -> Summary:
 
 
 def _inside(run_dir: Path, relative: str) -> Path | None:
-    """The artifact's path if it lies inside the run folder, else None (never follow ../..)."""
+    """The artifact's path if it lies inside the run folder, else None (never follow ../..).
+
+    A path no file can have (a NUL in it, a name too long) is None too, not an error.
+    """
     if not relative or Path(relative).is_absolute():
         return None
-    root = run_dir.resolve()
-    path = (root / relative).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
+    try:
+        root = run_dir.resolve()
+        path = (root / relative).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _serial(path: Path | None) -> list[tuple[str, bool]] | None:
+    if path is None:
+        return None
+    try:
+        lines = serial_tail(path)
+    except OSError:
+        return None  # unreadable: the page says there is no serial log, the link stays
+    return [(line, bool(_HOT_LINE.search(line))) for line in lines]
 
 
 def serial_tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> list[str]:
@@ -225,8 +290,7 @@ def serial_tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> list[str]:
         size = log.seek(0, 2)
         log.seek(max(0, size - _SERIAL_TAIL_BYTES))
         data = log.read()
-    text = _ANSI.sub("", data.decode("utf-8", errors="replace")).replace("\r\n", "\n")
-    out = [_CONTROL.sub("", line.replace("\r", "")) for line in text.split("\n")]
+    out = printable(data.decode("utf-8", errors="replace")).split("\n")
     while out and not out[-1].strip():
         out.pop()
     return out[-lines:]
@@ -271,6 +335,36 @@ def _check_rows(checks: Sequence[dict[str, object]]) -> list[tuple[str, str, str
     return rows
 
 
+def _commands(run_dir: Path, cell: CellResult) -> list[_Command]:
+    out = []
+    for n, record in enumerate(cell.commands, start=1):
+        outputs = []
+        for name in ("stdout", "stderr"):
+            text = getattr(record, name)
+            if not text:
+                continue
+            kept = cell.artifacts.get(output_artifact(n, name), "")
+            excerpt = cap_text(text, OUTPUT_EXCERPT)
+            lines = text.count("\n") + (not text.endswith("\n"))
+            href = "../" + quote(kept) if _inside(run_dir, kept) else None
+            cut = excerpt != text or "bytes cut]" in text
+            outputs.append(_Output(name, Markup.escape(printable(excerpt)), lines, cut, href))
+        out.append(_Command(record, outputs))
+    return out
+
+
+def _timeline(events: Sequence[Event]) -> list[_EventRow | None]:
+    """The rows of the event timeline; None stands for the rows left out of a huge one."""
+    if len(events) <= EVENT_ROWS:
+        return [_event_row(e) for e in events]
+    half = EVENT_ROWS // 2
+    return [
+        *(_event_row(e) for e in events[:half]),
+        None,
+        *(_event_row(e) for e in events[-half:]),
+    ]
+
+
 def _evidence(run_dir: Path, cell: CellResult) -> dict[str, object]:
     serial = _inside(run_dir, cell.artifacts.get("serial_log", ""))
     shot = _inside(run_dir, cell.artifacts.get("screenshot", ""))
@@ -278,11 +372,12 @@ def _evidence(run_dir: Path, cell: CellResult) -> dict[str, object]:
         (name, "../" + quote(rel) if _inside(run_dir, rel) else None, rel)
         for name, rel in sorted(cell.artifacts.items())
     ]
+    events = [e for e in cell.events if e.kind != "tick"]
     return {
-        "events": [_event_row(e) for e in cell.events if e.kind != "tick"],
-        "serial": [(line, bool(_HOT_LINE.search(line))) for line in serial_tail(serial)]
-        if serial
-        else None,
+        "events": _timeline(events),
+        "events_total": len(events),
+        "commands": _commands(run_dir, cell),
+        "serial": _serial(serial),
         "serial_name": cell.artifacts.get("serial_log", ""),
         "screenshot": "../" + quote(cell.artifacts["screenshot"]) if shot else None,
         "artifacts": artifacts,
@@ -372,6 +467,14 @@ def _signatures(failing: Sequence[CellResult], slugs: dict[int, str]) -> list[_S
     return sorted(out, key=lambda s: (Verdict(s.verdict).severity, -s.cells, s.bugcheck))
 
 
+def _shown(value: object) -> object:
+    """Every ``{{ value }}`` of a page: text without control characters (guest text carries
+    terminal escapes), bounded. Escaping follows, by autoescape."""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return printable(cap_text(value, VALUE_LIMIT))
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(_TEMPLATES),
@@ -380,6 +483,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=_shown,
     )
     env.globals["tags"] = TAGS
     return env
@@ -403,10 +507,11 @@ def render_html(
     for cell in cells:
         slug = base = cell_slug(cell, qualify=qualify)
         n = 1
-        while slug in used:  # ids differing only in unsafe characters
+        # Ids differing only in unsafe characters, or in case (a case-blind file system).
+        while slug.lower() in used:
             n += 1
             slug = f"{base}-{n}"
-        used.add(slug)
+        used.add(slug.lower())
         slugs[id(cell)] = slug
     env = _environment()
     page = env.get_template("cell.html.j2")
@@ -423,9 +528,13 @@ def render_html(
         (c for c in cells if c.verdict.is_failure),
         key=lambda c: (c.verdict.severity, _natural(c.id)),
     )
+    # A naive and an aware time cannot be subtracted: both are shown, the duration is not.
+    comparable = run.finished is not None and (run.finished.utcoffset() is None) == (
+        run.started.utcoffset() is None
+    )
     duration = (
-        _duration(((run.finished or run.started) - run.started).total_seconds())
-        if run.finished
+        _duration((run.finished - run.started).total_seconds())
+        if run.finished is not None and comparable
         else ""
     )
     html = env.get_template("index.html.j2").render(

@@ -5,10 +5,15 @@ file and ``name`` = the cell id, ``time`` in seconds, and ``<properties>`` carry
 attribution and bugcheck code/name. Failing verdicts are ``<failure type="<verdict>">`` with the
 reason as message; ``infra_error`` is an ``<error>``: the lab failed, not the test -- the same
 distinction JUnit draws between a failed assertion and a broken test.
+
+Text is cleaned of terminal escapes and control characters (guest text carries them) and
+bounded before it goes in; a ``time`` that is not a finite number (a hand-edited results.json)
+is left out rather than written as ``inf``, which JUnit readers refuse.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from compatlab.model import CellResult, Verdict
 from compatlab.report.results import RunInfo, write_text_atomic
+from compatlab.text import cap_text, printable
 
 __all__ = ["JUNIT_FILE", "junit_xml", "write_junit"]
 
@@ -25,10 +31,16 @@ JUNIT_FILE = "junit.xml"
 # are full of them (ANSI escapes, NULs); ElementTree would write them and break every parser.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _EVENTS_IN_FAILURE = 25
+_TEXT_LIMIT = 64 * 1024  # characters of one attribute or failure text
 
 
 def _clean(text: str) -> str:
-    return _NOT_XML.sub("\ufffd", text)
+    return _NOT_XML.sub("\ufffd", printable(cap_text(text, _TEXT_LIMIT)))
+
+
+def _time(element: ET.Element, seconds: float) -> None:
+    if math.isfinite(seconds):
+        element.set("time", f"{seconds:.3f}")
 
 
 def _matrix_of(cell: CellResult, run: RunInfo) -> str:
@@ -55,13 +67,8 @@ def _failure_text(cell: CellResult) -> str:
 
 
 def _testcase(parent: ET.Element, cell: CellResult, classname: str) -> None:
-    case = ET.SubElement(
-        parent,
-        "testcase",
-        classname=_clean(classname),
-        name=_clean(cell.id),
-        time=f"{cell.seconds:.3f}",
-    )
+    case = ET.SubElement(parent, "testcase", classname=_clean(classname), name=_clean(cell.id))
+    _time(case, cell.seconds)
     props = ET.SubElement(case, "properties")
     values = [("verdict", cell.verdict.value)]
     if cell.attribution is not None:
@@ -100,9 +107,9 @@ def junit_xml(run: RunInfo, cells: Iterable[CellResult]) -> ET.Element:
             failures=str(counts["failures"]),
             errors=str(counts["errors"]),
             skipped="0",
-            time=f"{seconds:.3f}",
             timestamp=run.started.isoformat(),
         )
+        _time(suite, seconds)
         props = ET.SubElement(suite, "properties")
         for name, value in (
             ("run", run.id),
@@ -118,7 +125,7 @@ def junit_xml(run: RunInfo, cells: Iterable[CellResult]) -> ET.Element:
         total_time += seconds
     for key, total in totals.items():
         root.set(key, str(total))
-    root.set("time", f"{total_time:.3f}")
+    _time(root, total_time)
     return root
 
 
