@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from compatlab.errors import InputError
+from compatlab import files
+from compatlab.errors import InputError, MatrixError
 from compatlab.matrix import CatalogCache, Cell, Matrix, find_project_root, load_matrix
 from compatlab.model import CellResult, Verdict
 from compatlab.text import one_line
@@ -74,10 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
     catalogs: CatalogCache = {}
     matrices: dict[Path, Matrix] = {}
     for path in paths:
-        resolved = path.resolve()
-        if resolved in matrices:
-            continue
         try:
+            resolved = files.resolve(path, MatrixError)
+            if resolved in matrices:
+                continue
             matrices[resolved] = load_matrix(
                 path, catalog_root=find_project_root(path.parent), catalogs=catalogs
             )

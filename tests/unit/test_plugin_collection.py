@@ -92,6 +92,18 @@ def test_missing_matrix_file_is_a_usage_error(pytester: pytest.Pytester, project
     result.stderr.fnmatch_lines(["ERROR: matrix/nope.yaml: file not found"])
 
 
+def test_a_matrix_file_that_is_a_symlink_loop_is_a_usage_error(
+    pytester: pytest.Pytester, project: Path
+) -> None:
+    """Issue 8: the plugin resolved the path before loading, outside the error handling, and a
+    symlink loop ended in INTERNALERROR (exit 3)."""
+    loop = project / "matrix" / "loop.yaml"
+    loop.symlink_to(loop)
+    result = pytester.runpytest("--matrix", "matrix/loop.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *loop.yaml*symlink loop*"])
+
+
 def test_a_profile_this_lab_cannot_run_is_a_usage_error_before_anything_starts(
     pytester: pytest.Pytester, project: Path
 ) -> None:

@@ -26,7 +26,10 @@ def find_project_root(start: Path) -> Path:
     That is where a matrix without a ``catalog`` key finds its images, hardware and products.
     Falls back to ``start`` itself, where the catalog loader then names the missing folder.
     """
-    start = start.resolve()
+    try:
+        start = start.resolve()
+    except (RuntimeError, OSError):
+        return start  # a symlink loop: the matrix loader names it, with the file
     for folder in (start, *start.parents):
         if (folder / "images").is_dir() and (folder / "configs").is_dir():
             return folder
