@@ -52,7 +52,10 @@ demo: images
 	  status=$$?; [ $$status -le 1 ] || exit $$status
 	@$(PYTEST) -p no:cacheprovider $(FAULT_DEMOS) --matrix-report reports/demo-faults; \
 	  status=$$?; [ $$status -le 1 ] || exit $$status
+	@$(PYTEST) -p no:cacheprovider --matrix matrix/demo-winrm.yaml --matrix-report reports/demo-winrm; \
+	  status=$$?; [ $$status -le 1 ] || exit $$status
 	@echo "compatlab: fault demos (hang, install_failed, check_failed, a crash in the installer, at the baseline, in the uninstaller, a dead agent): $$(pwd)/reports/demo-faults/index.html"
+	@echo "compatlab: the demo over WinRM (a WinRS stand-in, not Windows): $$(pwd)/reports/demo-winrm/index.html"
 	@echo "compatlab: demo report: $$(pwd)/reports/demo/index.html"
 
 # A green `make test` means lint is clean and guests booted: COMPATLAB_REQUIRE_LAB=1 turns a
