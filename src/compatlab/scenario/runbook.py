@@ -21,7 +21,7 @@ candidate is the configuration's; the candidate is then not installed.
 from __future__ import annotations
 
 from compatlab.errors import LabError
-from compatlab.model import Phase
+from compatlab.model import CommandRecord, Phase
 from compatlab.scenario import checks
 from compatlab.scenario.session import GuestFailed, Session
 from compatlab.scenario.steps import install
@@ -101,14 +101,7 @@ def _phases(vm: Session) -> None:
     if vm.record.with_candidate:
         commands = cell.candidate.commands[cell.os_family]
         with vm.phase(Phase.INSTALL) as phase:
-            record = install(
-                vm,
-                cell.candidate.payload,
-                commands.install,
-                commands.exit_codes,
-                cell.candidate.name,
-                restarts=cell.candidate.reboots,
-            )
+            record = _candidate(vm, commands.install)
             if record.meaning == "failure":
                 phase.add(install_failure=record)
                 return
@@ -132,14 +125,7 @@ def _phases(vm: Session) -> None:
 
     if vm.record.with_candidate and scenario.rollback:
         with vm.phase(Phase.ROLLBACK) as phase:
-            record = install(
-                vm,
-                cell.candidate.payload,
-                commands.uninstall,
-                commands.exit_codes,
-                cell.candidate.name,
-                restarts=cell.candidate.reboots,
-            )
+            record = _candidate(vm, commands.uninstall)
             if record.meaning == "failure":
                 code = record.exit_code
                 how = "did not exit" if code is None else f"exited {code}"
@@ -150,3 +136,12 @@ def _phases(vm: Session) -> None:
             failed_checks = checks.health(vm, "after rollback")
             if failed_checks:
                 phase.add(rollback_failure="; ".join(failed_checks))
+
+
+def _candidate(vm: Session, command: str) -> CommandRecord:
+    """Run the candidate's installer or uninstaller from its payload ISO."""
+    candidate = vm.cell.candidate
+    codes = candidate.commands[vm.cell.os_family].exit_codes
+    return install(
+        vm, candidate.payload, command, codes, candidate.name, restarts=candidate.reboots
+    )
