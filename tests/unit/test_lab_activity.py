@@ -154,7 +154,7 @@ def test_describe_large_counts() -> None:
     )
 
 
-def test_a_guest_that_waited_for_the_host_a_quarter_of_the_time_was_starved() -> None:
+def test_a_guest_that_waited_for_the_host_much_of_the_time_was_starved() -> None:
     from compatlab.lab.activity import Activity, describe, starved
 
     before = Activity(10.0, 0, 0, taken=100.0, vcpu_delay_seconds=5.0, vcpus=1)

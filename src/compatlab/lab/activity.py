@@ -46,7 +46,7 @@ _STATS = (
 )
 # A guest whose vCPUs waited for a host CPU this share of the time or more was starved by the
 # host: what it did (or did not do) in that time says nothing about the update.
-STARVED = 0.25
+STARVED = 0.4
 
 
 @dataclass(frozen=True)
