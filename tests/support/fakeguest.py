@@ -31,7 +31,7 @@ from compatlab.lab.connection import Hypervisor
 from compatlab.lab.machine import Machine
 from compatlab.lab.storage import CellStorage
 
-BootScript = Literal["ok", "crash", "hang", "dead-agent"]
+BootScript = Literal["ok", "crash", "hang", "dead-agent", "reset"]
 # A list: one result per call, in order, the last one repeated.
 CommandScript = CommandResult | list[CommandResult] | Literal["crash", "restart", "hang"]
 
@@ -138,6 +138,12 @@ class ScriptedGuest:
         self._follow_boots()
         if not self._seen_starts:
             return False  # not started yet
+        if self._boot == "reset" and time.monotonic() - self._boot_started > 1.2:
+            # A watchdog or triple fault: the guest resets itself before it answers (later
+            # than libvirt's double report of one reset, which the watcher folds).
+            self._boot = "resetting"  # type: ignore[assignment]
+            self.machine.watch.record("libvirt", "reboot")
+            return False
         return self._boot == "ok" and time.monotonic() - self._boot_started >= self.boot_seconds
 
     def wait_ready(self, timeout: float, *, poll: float = 0.5) -> float:

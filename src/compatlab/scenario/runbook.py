@@ -34,8 +34,11 @@ def run_book(vm: Session) -> None:
     try:
         _phases(vm)
         vm.drain()
-    except GuestFailed:
+    except GuestFailed as failed:
         vm.settle()
+        if not vm.guest_failed():
+            # The book ended early on something the verdict has no word for: never a pass.
+            vm.current.add(failed_checks=(f"the runbook stopped: {failed.detail}",))
         try:
             checks.bugcheck_after_crash(vm, vm.windows_baseline)
         except GuestFailed:

@@ -86,8 +86,12 @@ class Finding:
 
     @property
     def failure(self) -> bool:
-        """A crash, a failed boot or a final finding: the phase it happened in has failed."""
-        return self.kind in ("crash", "reset") or self.final
+        """A crash or a final finding: the phase it happened in has failed.
+
+        A reset before a boot completed (a watchdog, a triple fault) is not one by itself: the
+        boot starts over and the reset counts towards a boot loop, which is.
+        """
+        return self.kind == "crash" or self.final
 
 
 class _State(Enum):
