@@ -13,6 +13,8 @@ PACKAGES=(
   libxml2-utils
   # the demo golden images: the distribution's own kernel, busybox and guest agent
   linux-image-amd64 busybox-static qemu-guest-agent cpio e2fsprogs kmod
+  # the WinRS stand-in in tinylinux-a-winrm runs on Debian's own Python (/usr/bin/python3.11)
+  python3-minimal
   # the demo sensor's kernel module is built against the guest kernel
   linux-headers-amd64 make
 )
