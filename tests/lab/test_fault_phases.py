@@ -33,7 +33,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.matrixrun import STORAGE_ROOT, Run, events, require_demo_lab, run_matrices
+from tests.support.matrixrun import (
+    STORAGE_ROOT,
+    Run,
+    events,
+    is_png,
+    require_demo_lab,
+    run_matrices,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +80,7 @@ def phase_started(cell: dict[str, Any], prefix: str) -> float:
 def screenshots(run: Run, cell: dict[str, Any]) -> list[Path]:
     """The cell's console screenshots (PNG files), whatever each is named after."""
     shots = [run.report / str(path) for key, path in cell["artifacts"].items() if "screen" in key]
-    return [p for p in shots if p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"]
+    return [p for p in shots if p.is_file() and is_png(p)]
 
 
 # -- the run ---------------------------------------------------------------------------------------

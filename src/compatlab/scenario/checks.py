@@ -56,15 +56,21 @@ def health(vm: Session, when: str) -> list[str]:
     return failed
 
 
+def _event_log(vm: Session, baseline: WindowsEvidence | None) -> WindowsEvidence:
+    """A Windows guest's crash evidence since the baseline boot (all of it without one)."""
+    since = baseline.now if baseline else None
+    return vm.call(
+        "reading the event log",
+        lambda: crash_evidence(vm.channel, since=since, domain=vm.machine.name),
+    )
+
+
 def windows_baseline(vm: Session) -> WindowsEvidence | None:
     """What a clean boot of a Windows image already logs (e.g. 7026 for 'dam' at every boot),
     so that only what comes after counts as crash evidence."""
     if vm.cell.os_family != "windows":
         return None
-    return vm.call(
-        "reading the event log",
-        lambda: crash_evidence(vm.channel, since=None, domain=vm.machine.name),
-    )
+    return _event_log(vm, None)
 
 
 def inside_crash_evidence(vm: Session, baseline: WindowsEvidence | None) -> list[str]:
@@ -77,11 +83,7 @@ def inside_crash_evidence(vm: Session, baseline: WindowsEvidence | None) -> list
     if vm.watcher.crashes:
         return []
     if vm.cell.os_family == "windows":
-        since = baseline.now if baseline else None
-        seen = vm.call(
-            "reading the event log",
-            lambda: crash_evidence(vm.channel, since=since, domain=vm.machine.name),
-        )
+        seen = _event_log(vm, baseline)
         lines = findings(seen, baseline=baseline)
         vm.record.checks.append(
             {
@@ -104,11 +106,7 @@ def bugcheck_after_crash(vm: Session, baseline: WindowsEvidence | None) -> None:
         return
     if not vm.watcher.is_up:
         return  # it never came back (a boot loop): nothing to read it with
-    since = baseline.now if baseline else None
-    seen = vm.call(
-        "reading the event log",
-        lambda: crash_evidence(vm.channel, since=since, domain=vm.machine.name),
-    )
+    seen = _event_log(vm, baseline)
     for event in seen.events:
         if event.bugcheck is not None:
             found = replace(event.bugcheck, source="eventlog")

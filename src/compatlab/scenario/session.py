@@ -40,7 +40,14 @@ from compatlab.lab.ports import PortLease, lease_port
 from compatlab.lab.serial import SerialWatch
 from compatlab.model import Boot, CommandRecord, Event, Phase
 from compatlab.scenario.context import LabContext, needs_network
-from compatlab.verdict import BootPolicy, BootWatcher, Finding, Observations, RunObservations
+from compatlab.verdict import (
+    BootPolicy,
+    BootWatcher,
+    Finding,
+    Observations,
+    RunObservations,
+    judge,
+)
 
 if TYPE_CHECKING:
     from compatlab.matrix import Cell
@@ -109,8 +116,6 @@ class VMRecord:
         return any(o.failed for o in self.observed.values())
 
     def phases_json(self) -> list[dict[str, object]]:
-        from compatlab.verdict import judge
-
         out: list[dict[str, object]] = []
         for record in self.phases:
             verdict, evidence = judge(self.observed.get(record.phase, Observations()))

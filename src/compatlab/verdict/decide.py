@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 
 from compatlab.model import Attribution, Bugcheck, CommandRecord, Phase, Verdict
 
-__all__ = ["Decision", "Observations", "RunObservations", "decide", "judge", "one_line"]
+__all__ = [
+    "Decision",
+    "Observations",
+    "RunObservations",
+    "bugcheck_text",
+    "decide",
+    "judge",
+    "one_line",
+]
 
 
 @dataclass(frozen=True)
@@ -110,12 +118,12 @@ class Decision:
 def judge(obs: Observations) -> tuple[Verdict, str]:
     """The most severe verdict one run's (or phase's) observations support, with its evidence."""
     present: list[tuple[Verdict, str]] = []
-    bug = f"; bugcheck {_bugcheck_text(obs.bugcheck)}" if obs.bugcheck else ""
+    bug = f"; bugcheck {bugcheck_text(obs.bugcheck)}" if obs.bugcheck else ""
     if obs.boot_loop is not None:
         present.append((Verdict.BOOT_LOOP, f"boot loop: {obs.boot_loop}{bug}"))
     elif obs.crashes:
         after = f", {obs.boots_completed} boots completed" if obs.boots_completed else ""
-        what = f"bugcheck {_bugcheck_text(obs.bugcheck)}" if obs.bugcheck else "no bugcheck code"
+        what = f"bugcheck {bugcheck_text(obs.bugcheck)}" if obs.bugcheck else "no bugcheck code"
         present.append((Verdict.CRASH, f"crash: {what} ({_count(obs.crashes, 'crash')}{after})"))
     activity = f"; {obs.activity}" if obs.activity else ""
     if obs.hang is not None:
@@ -249,7 +257,8 @@ def _sum(parts: Iterable[Observations]) -> Observations:
     return total
 
 
-def _bugcheck_text(bugcheck: Bugcheck) -> str:
+def bugcheck_text(bugcheck: Bugcheck) -> str:
+    """``0x50 PAGE_FAULT_IN_NONPAGED_AREA``: code and name, as reasons write them."""
     return f"{bugcheck.code} {bugcheck.name}".strip()
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 from compatlab.bugcheck import parse_guest_panicked
 from compatlab.model import Boot, BootOutcome, Bugcheck, Event
-from compatlab.verdict.decide import Observations, one_line
+from compatlab.verdict.decide import Observations, bugcheck_text, one_line
 
 __all__ = ["BootPolicy", "BootWatcher", "Finding", "FindingKind", "bugcheck_of"]
 
@@ -292,7 +292,7 @@ class BootWatcher:
             boot = self._close("watchdog" if what == "watchdog" else outcome, event.t)
             detail = f"boot {boot.n} ended by a {what} after {boot.seconds:.1f} s"
         if bugcheck is not None:
-            detail += f" (bugcheck {_bugcheck_text(bugcheck)})"
+            detail += f" (bugcheck {bugcheck_text(bugcheck)})"
         self._state = _State.OFF if what == "power-off" else _State.DOWN
         self._failures.append(what)
         kind: FindingKind = "crash" if what == "crash" else "reset"
@@ -372,7 +372,3 @@ def _plural(kind: str, n: int) -> str:
     if n == 1:
         return word
     return word + ("es" if word.endswith("sh") else "s")
-
-
-def _bugcheck_text(bugcheck: Bugcheck) -> str:
-    return f"{bugcheck.code} {bugcheck.name}".strip()
