@@ -91,15 +91,6 @@ def agent(campaign: Any) -> Outcome:
 
 @pytest.mark.scenario("agent-killed")
 @pytest.mark.fault("guest agent killed inside the guest")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: src/compatlab/scenario/session.py Session.reboot() -- the reboot request "
-    "fails (guest-shutdown: agent not connected) while the guest is up; it then waits "
-    "boot_timeout for a reset that never comes and records 'hang: no reset within N s of a "
-    "reboot request' in the boots phase: verdict hang [candidate], though the guest never hung "
-    "and the lab knew its request was never delivered",
-)
 def test_agent_killed_once_is_the_candidates_and_says_the_agent_died(agent: Outcome) -> None:
     """The candidate killed the lab's channel into a guest that is up. The right verdict says
     so: ``check_failed`` with a reason that says the guest is unreachable (as for the

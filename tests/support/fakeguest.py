@@ -11,6 +11,11 @@ stream what a real guest's would, in the shapes recorded from real QEMU guests h
 * a guest reboot: one ``reboot`` event;
 * the serial console's boot-complete line: ``boot_marker``.
 
+Boot scripts: ``ok``; ``crash`` (panics at once); ``hang`` (never answers); ``dead-agent`` (boots,
+prints its boot-complete line, the agent never answers); ``reset`` (resets itself before it
+answers); ``agent-dies`` (answers once, completing the boot, then its agent is dead for the rest
+of that boot: the guest stays up).
+
 Nothing here is Windows or QEMU; it exists so every wrong-verdict path of the runner has a test
 that runs in the unit tier.
 """
@@ -31,7 +36,7 @@ from compatlab.lab.connection import Hypervisor
 from compatlab.lab.machine import Machine
 from compatlab.lab.storage import CellStorage
 
-BootScript = Literal["ok", "crash", "hang", "dead-agent", "reset"]
+BootScript = Literal["ok", "crash", "hang", "dead-agent", "reset", "agent-dies"]
 # A list: one result per call, in order, the last one repeated.
 CommandScript = CommandResult | list[CommandResult] | Literal["crash", "restart", "hang"]
 
@@ -144,12 +149,24 @@ class ScriptedGuest:
             self._boot = "resetting"  # type: ignore[assignment]
             self.machine.watch.record("libvirt", "reboot")
             return False
+        if (
+            self._boot == "agent-dies"
+            and time.monotonic() - self._boot_started >= self.boot_seconds
+        ):
+            self._boot = "agent-dead"  # type: ignore[assignment]
+            return True  # the boot completes; from now on nobody answers
         return self._boot == "ok" and time.monotonic() - self._boot_started >= self.boot_seconds
+
+    def _agent_alive(self) -> None:
+        self._follow_boots()
+        if self._boot == "agent-dead":
+            raise GuestUnreachable("QEMU guest agent is not connected", channel="agent")
 
     def wait_ready(self, timeout: float, *, poll: float = 0.5) -> float:
         raise NotImplementedError  # the runner waits on events, never on this
 
     def run(self, command: str, *, timeout: float, shell: str | None = None) -> CommandResult:
+        self._agent_alive()
         self.ran.append(command)
         script: CommandScript = CommandResult(0, "", "", 0.01)
         for key, value in self.commands.items():
@@ -177,6 +194,7 @@ class ScriptedGuest:
         raise NotImplementedError
 
     def reboot(self) -> None:
+        self._agent_alive()
         self.machine.watch.record("libvirt", "reboot")
 
     def shutdown(self) -> None:

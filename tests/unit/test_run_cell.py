@@ -218,6 +218,20 @@ def test_a_guest_that_booted_but_whose_agent_is_dead_is_not_a_hang(
     assert result.reason.startswith("unreachable: boot 3: the guest finished booting")
 
 
+def test_an_agent_that_dies_after_a_completed_boot_is_unreachable_not_a_hang(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """The candidate killed the lab's channel into a guest that stays up: the reboot request
+    can never be delivered, so no reset is coming. Waiting for one read as "hang: no reset
+    within N s of a reboot request" -- the guest never hung (tests/reliability agent-killed)."""
+    guests = Guests({"boots": boots("ok", "ok", "agent-dies")}, {})
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CHECK_FAILED, Attribution.CANDIDATE)
+    assert result.reason.startswith("unreachable: boot 3:"), result.reason
+    assert "stopped answering" in result.reason, result.reason
+    assert result.attempts == 1
+
+
 def test_a_boot_with_no_sign_of_life_is_still_a_hang(hv: Hypervisor, tmp_path: Path) -> None:
     guests = Guests({"boots": boots("ok", "ok", "hang")}, {})
     result = run(hv, tmp_path, cell(tmp_path), guests)

@@ -467,8 +467,9 @@ class Session:
         """
         self.probe.disarm()
         self.serial_offset = self.evidence.serial_size()
-        self.note("scenario", "reboot_requested", self.channel.name)
         timeout = self.cell.scenario.boot_timeout
+        self._must_answer(timeout)
+        self.note("scenario", "reboot_requested", self.channel.name)
         end = time.monotonic() + timeout
         try:
             self.call("reboot", self.channel.reboot)
@@ -487,6 +488,34 @@ class Session:
             raise GuestFailed(hang)
         self.probe.arm()
 
+    def _must_answer(self, window: float) -> None:
+        """Before a reboot request: the guest is up, so its channel must answer within
+        ``window``. A channel that stopped answering (a candidate killed the agent) can never
+        deliver the request, so no reset is coming: that is ``unreachable`` (the guest is up, its
+        channel is dead), never a hang waited out for a reset nobody asked the guest for."""
+        if not self.watcher.is_up:
+            return
+        end = time.monotonic() + window
+        while self.watcher.is_up:
+            left = end - time.monotonic()
+            if self.ping(max(1.0, min(5.0, left))):
+                return
+            if left <= 0:
+                break
+            self._wait(min(left, 1.0))
+        if not self.watcher.is_up:
+            return  # it went down by itself meanwhile: the watcher judges that boot
+        boot = self.watcher.boots[-1]
+        detail = (
+            f"boot {boot.n}: the guest is up (it completed its boot and no crash or reset "
+            f"followed), but its channel stopped answering: no answer within {window:g} s, "
+            "so the lab's reboot request could not be delivered"
+        )
+        self.current.add(unreachable=detail)
+        self.note("scenario", "decided", f"unreachable: {detail}")
+        self.evidence.screenshot(f"{self.current.phase.value}-unreachable")
+        raise GuestFailed(detail)
+
     def boot(self) -> float:
         """Wait for the boot in progress to complete; its seconds."""
         self.pump(lambda: self.watcher.is_up, limit=self._boot_limit())
@@ -494,6 +523,9 @@ class Session:
 
     def bake(self, seconds: float) -> None:
         """Stay up ``seconds``; a crash meanwhile is a failure of the phase."""
+        self._wait(seconds)
+
+    def _wait(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         self.pump(lambda: time.monotonic() >= end)
 
