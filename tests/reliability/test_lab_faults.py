@@ -290,15 +290,6 @@ def test_storage_full_before_the_run_leaves_nothing(full_at_start: Outcome) -> N
 
 @pytest.mark.scenario("storage-full-mid-run")
 @pytest.mark.fault("storage folder full mid-run")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: QEMU pauses the guest when its overlay cannot grow (libvirt lifecycle "
-    "'suspended'/'ioerror', on the cell's timeline), but src/compatlab/verdict/watcher.py and "
-    "src/compatlab/scenario/session.py pump() ignore it: the paused boot runs into "
-    "boot_timeout and the cell is 'hang' -- attributed to the candidate when the rerun, "
-    "on the space the failed VM freed, passes",
-)
 def test_storage_full_mid_run_is_infra_error_not_a_hang(full_mid_run: Outcome) -> None:
     run = full_mid_run.runs["run"]
     assert run.fired["fill"] is not None, f"never filled:\n{run.output[-3000:]}"

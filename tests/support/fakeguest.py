@@ -38,7 +38,9 @@ from compatlab.lab.storage import CellStorage
 
 BootScript = Literal["ok", "crash", "hang", "dead-agent", "reset", "agent-dies"]
 # A list: one result per call, in order, the last one repeated.
-CommandScript = CommandResult | list[CommandResult] | Literal["crash", "restart", "hang"]
+CommandScript = (
+    CommandResult | list[CommandResult] | Literal["crash", "restart", "hang", "disk-full"]
+)
 
 PANIC = """\
 BUG: kernel NULL pointer dereference, address: 000000000000009c
@@ -180,6 +182,15 @@ class ScriptedGuest:
         if script == "crash":
             self._panic()
             time.sleep(timeout)  # the agent never answers a crashed guest
+            raise GuestTimeout(f"no answer within {timeout:g} s", channel="agent")
+        if script == "disk-full":
+            # What QEMU does when the overlay cannot grow (werror=enospc, QEMU's default): the
+            # I/O error event, then the guest paused; the command never answers.
+            self.machine.watch.record(
+                "libvirt", "io_error", "enospc", path=str(self.serial_log.parent / "overlay")
+            )
+            self.machine.watch.record("libvirt", "suspended", "ioerror")
+            time.sleep(min(timeout, 3.0))  # a paused guest never answers; a test need not wait
             raise GuestTimeout(f"no answer within {timeout:g} s", channel="agent")
         if script == "restart":
             self.machine.watch.record("libvirt", "reboot")

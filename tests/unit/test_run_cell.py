@@ -340,6 +340,22 @@ def test_a_lab_failure_with_no_guest_failure_is_retried_then_infra_error(
     assert result.attempts == 2
 
 
+def test_a_guest_paused_by_a_full_host_disk_is_the_labs_failure_not_a_hang(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    """QEMU pauses a guest whose overlay cannot grow (libvirt: an I/O error event, then
+    lifecycle suspended/ioerror). The guest did nothing wrong: the attempt is the lab's failure,
+    retried, and the reason says the disk is full -- never a hang of the candidate
+    (tests/reliability storage-full-mid-run)."""
+    full = {"commands": {INSTALL: "disk-full"}}
+    guests = Guests(full, full)
+    result = run(hv, tmp_path, cell(tmp_path), guests)
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert result.attempts == 2
+    assert "No space left on device" in result.reason, result.reason
+    assert "overlay" in result.reason, result.reason
+
+
 def test_a_crash_in_the_last_moment_of_the_book_is_still_judged(
     hv: Hypervisor, tmp_path: Path
 ) -> None:

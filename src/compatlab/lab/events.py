@@ -15,7 +15,9 @@ second of it, not at the next poll.
 Event kinds: ``defined``, ``undefined``, ``started``, ``suspended``, ``resumed``, ``stopped``,
 ``shutdown``, ``pmsuspended``, ``crashed`` (detail ``panicked`` / ``crashloaded``), ``reboot``,
 ``watchdog`` (detail: the action), ``guest_panicked`` (data: the QMP payload, flattened),
-``agent`` (detail ``connected`` / ``disconnected``), and ``connection_lost`` /
+``agent`` (detail ``connected`` / ``disconnected``), ``io_error`` (detail: the reason, e.g.
+``enospc``; data: ``path``, ``device``, ``action``: QEMU could not read or write a disk image on
+the host), and ``connection_lost`` /
 ``connection_restored`` (source ``lab``) when the hypervisor connection drops and comes back --
 events in between are lost, so a consumer should look at the domain's state again.
 """
@@ -87,6 +89,10 @@ EVENT_KINDS: frozenset[str] = frozenset(
     {kind for kind, _ in _LIFECYCLE.values()}
     | {"reboot", "watchdog", "guest_panicked", "agent", "connection_lost", "connection_restored"}
 )
+
+
+# virDomainEventIOErrorAction: what QEMU did about the failed request.
+_IO_ERROR_ACTIONS = {0: "none", 1: "pause", 2: "report"}
 
 
 def _lifecycle_words(event: int, detail: int) -> tuple[str, str]:
@@ -210,6 +216,7 @@ class EventHub:
             (libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot),
             (libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, self._on_watchdog),
             (libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent),
+            (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._on_io_error),
         ]
         ids: list[int] = []
         with libvirt_errors("subscribing to domain events", host=self._hv.host):
@@ -328,6 +335,26 @@ class EventHub:
                 watch.record("libvirt", "agent", word, reason=cause)
         except Exception:
             log.exception("agent event callback failed")
+
+    def _on_io_error(
+        self,
+        _conn: Any,
+        dom: Any,
+        path: str,
+        device: str,
+        action: int,
+        reason: str,
+        _opaque: object,
+    ) -> None:
+        try:
+            watch = self._watch_for(dom)
+            if watch is not None:
+                what = _IO_ERROR_ACTIONS.get(action, str(action))
+                watch.record(
+                    "libvirt", "io_error", reason or "error", path=path, device=device, action=what
+                )
+        except Exception:
+            log.exception("I/O error event callback failed")
 
     def _on_qmp(
         self,

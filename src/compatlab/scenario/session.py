@@ -26,33 +26,31 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from compatlab.checks.windows import WindowsEvidence
-from compatlab.errors import CompatlabError, GuestError, HypervisorError, ImageError, LabError
+from compatlab.errors import GuestError, HypervisorError, ImageError, LabError
 from compatlab.guest.readiness import ReadinessProbe
 from compatlab.lab import activity
 from compatlab.lab.domain import Forward, render_cell_domain
 from compatlab.lab.evidence import CellEvidence
 from compatlab.lab.ports import PortLease, lease_port
 from compatlab.lab.serial import SerialWatch
-from compatlab.model import Boot, CommandRecord, Event, Phase
+from compatlab.model import Event, Phase
 from compatlab.scenario.context import LabContext, needs_network
+from compatlab.scenario.record import PhaseRecord, VMRecord, describe
 from compatlab.verdict import (
     BootPolicy,
     BootWatcher,
     Finding,
-    Observations,
-    RunObservations,
-    judge,
 )
 
 if TYPE_CHECKING:
     from compatlab.matrix import Cell
 
-__all__ = ["GuestFailed", "GuestRestarted", "PhaseRecord", "Session", "VMRecord"]
+__all__ = ["GuestFailed", "GuestRestarted", "PhaseRecord", "Session", "VMRecord", "describe"]
 
 log = logging.getLogger("compatlab.scenario")
 
@@ -79,56 +77,6 @@ class GuestRestarted(Exception):
         super().__init__(f"the guest restarted while {what} ran")
         self.what = what
         self.cause = cause
-
-
-@dataclass
-class PhaseRecord:
-    """One phase of one VM: when it ran, and what the runner saw besides the watcher."""
-
-    phase: Phase
-    started: float
-    ended: float | None = None
-    extra: Observations = field(default_factory=Observations)
-
-    def add(self, **changes: Any) -> None:
-        self.extra = replace(self.extra, **changes)
-
-
-@dataclass
-class VMRecord:
-    """Everything one VM of a cell saw, phase by phase: what ``decide`` and the report read."""
-
-    label: str  # "attempt-1", "rerun-1"
-    with_candidate: bool
-    phases: list[PhaseRecord] = field(default_factory=list)
-    findings: tuple[Finding, ...] = ()
-    observed: dict[Phase, Observations] = field(default_factory=dict)
-    boots: list[Boot] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    commands: list[CommandRecord] = field(default_factory=list)
-    checks: list[dict[str, object]] = field(default_factory=list)
-    artifacts: dict[str, str] = field(default_factory=dict)
-
-    def observations(self) -> RunObservations:
-        return RunObservations(dict(self.observed), with_candidate=self.with_candidate)
-
-    def guest_failed(self) -> bool:
-        return any(o.failed for o in self.observed.values())
-
-    def phases_json(self) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
-        for record in self.phases:
-            verdict, evidence = judge(self.observed.get(record.phase, Observations()))
-            out.append(
-                {
-                    "phase": record.phase.value,
-                    "outcome": verdict.value,
-                    "detail": evidence,
-                    "t": round(record.started, 3),
-                    "seconds": round((record.ended or record.started) - record.started, 2),
-                }
-            )
-        return out
 
 
 class Session:
@@ -324,6 +272,10 @@ class Session:
                     host=self.lab.hypervisor.host,
                     domain=self.machine.name,
                 )
+            elif event.kind == "io_error" or (
+                event.kind == "suspended" and event.detail == "ioerror"
+            ):
+                raise self._host_io_error(event)
             offset = event.data.get("offset") if event.kind == "boot_marker" else None
             if offset is not None and int(offset) < self._boot_log:
                 # Printed before the reset that began this boot, read after it: not this boot's.
@@ -341,6 +293,23 @@ class Session:
                 raise GuestFailed(failure.detail)
         if fail and self.watcher.outcome is not None:
             raise GuestFailed(self.watcher.outcome.detail)
+
+    def _host_io_error(self, event: Event) -> LabError:
+        """QEMU could not read or write a disk image on the host (a full disk pauses the guest:
+        QEMU's default ``werror=enospc``): whatever the guest does from here is the lab's doing.
+        A failure the guest showed before it is kept (see ``scenario.cell``)."""
+        if event.kind == "suspended":
+            io_errors = [e for e in self.machine.watch.timeline.snapshot() if e.kind == "io_error"]
+            if io_errors:
+                event = io_errors[-1]
+        reason = event.detail if event.kind == "io_error" else ""
+        said = {"enospc": "No space left on device (disk full)"}.get(reason, f"I/O error {reason}")
+        where = event.data.get("path") or event.data.get("device") or "a disk image"
+        return LabError(
+            f"the host could not write {where}: {said.strip()}; QEMU paused the guest",
+            host=self.lab.hypervisor.host,
+            domain=self.machine.name,
+        )
 
     def drain(self) -> None:
         """Watch a last moment (:data:`GRACE`) after the book's last step: a crash that came
@@ -551,10 +520,3 @@ class Session:
             or self.watcher.outcome is not None
             or any(p.extra.failed for p in self.record.phases)
         )
-
-
-def describe(exc: BaseException) -> str:
-    """An unexpected exception as one line for an ``infra_error`` reason."""
-    if isinstance(exc, CompatlabError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
