@@ -24,7 +24,7 @@ from compatlab._yaml import load
 from compatlab.errors import InputError, LabError, MatrixError
 from compatlab.guest.channel import Channel
 from compatlab.lab.connection import DEFAULT_URI, Hypervisor
-from compatlab.lab.reaper import Controller, reap, run_folder, write_run_owner
+from compatlab.lab.reaper import OWNER_FILE, Controller, reap, run_folder, write_run_owner
 from compatlab.lab.storage import DEFAULT_ROOT
 from compatlab.matrix import Cell, Matrix
 from compatlab.model import CellResult
@@ -114,15 +114,18 @@ class LabRun:
     def _open(self) -> LabContext:
         hypervisor = Hypervisor(self.settings.uri)
         hypervisor.open()
+        try:
+            report = reap(hypervisor, self.settings.storage_root)
+            if report.removed_anything:
+                log.warning("compatlab: removed what dead runs left behind: %s", report.summary())
+            controller = Controller.current()
+            self._claim(run_folder(self.settings.storage_root, self.storage_id), controller)
+            accelerator = hypervisor.accelerator()
+        except BaseException:
+            # The next cell tries again with a connection of its own: this one would leak.
+            hypervisor.close()
+            raise
         self._hypervisor = hypervisor
-        report = reap(hypervisor, self.settings.storage_root)
-        if report.removed_anything:
-            log.warning("compatlab: removed what dead runs left behind: %s", report.summary())
-        controller = Controller.current()
-        folder = run_folder(self.settings.storage_root, self.storage_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_run_owner(folder, controller)
-        accelerator = hypervisor.accelerator()
         return LabContext(
             hypervisor=hypervisor,
             accel=accelerator.domain_type,
@@ -137,6 +140,19 @@ class LabRun:
             checks=self.checks,
         )
 
+    @staticmethod
+    def _claim(folder: Path, controller: Controller) -> None:
+        """Create the run's storage folder with its owner.json, or leave no folder at all.
+
+        Without owner.json (the disk is full) no reaper could tell whose the folder is.
+        """
+        try:
+            write_run_owner(folder, controller)
+        except BaseException:
+            if not (folder / OWNER_FILE).exists():  # never another run's claim
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     def run(self, cell: Cell) -> CellResult:
         """One cell to a verdict. A lab that cannot be reached at all is ``infra_error`` too."""
         try:
@@ -149,9 +165,9 @@ class LabRun:
         """Disconnect and remove this run's (now empty) storage folder."""
         if self._hypervisor is not None:
             self._hypervisor.close()
-        folder = self.settings.storage_root / "cells" / self.storage_id
+        folder = run_folder(self.settings.storage_root, self.storage_id)
         if folder.is_dir() and not any(
-            p for p in folder.rglob("*") if p.is_file() and p.name != "owner.json"
+            p for p in folder.rglob("*") if p.is_file() and p.name != OWNER_FILE
         ):
             shutil.rmtree(folder, ignore_errors=True)
 

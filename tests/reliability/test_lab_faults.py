@@ -273,14 +273,6 @@ def test_storage_full_before_the_run_is_infra_error_saying_so(full_at_start: Out
 
 
 @pytest.mark.scenario("storage-full-at-start")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: src/compatlab/lab/reaper.py write_run_owner() leaves "
-    "'.owner.json.<pid>.tmp' behind when writing it fails (ENOSPC), and "
-    "src/compatlab/run.py LabRun.close() keeps a run folder that holds any file but owner.json; "
-    "with no owner.json every reaper and compatlab gc keep that folder for ever",
-)
 def test_storage_full_before_the_run_leaves_nothing(full_at_start: Outcome) -> None:
     """Not even the run folder: a folder without its owner.json would be kept by every reaper."""
     assert full_at_start.notes["left_by"] == {

@@ -21,25 +21,46 @@ shape, agreed with the XML renderer (``lab/domain.py``)::
   element. libvirt hands the element back without prefixes; the reader matches local names.
 
 Each run folder holds ``owner.json`` -- ``{"host": ..., "pid": ..., "start": ...}`` -- written
-by the run before it creates anything in it (:func:`write_run_owner`).
+by the run a moment after it creates the folder and before it creates anything in it
+(:func:`write_run_owner`; atomically, so it is whole or absent). A run that cannot write it
+(disk full) removes the folder again (``run.py``).
 
 The rules, in :func:`reap`: a domain is an orphan when it has compatlab metadata, its controller
 host is this host, and that pid is gone, a zombie, or has another start time. Orphans are
 destroyed and undefined (NVRAM and TPM state too); then run folders whose ``owner.json`` says
 the same are deleted. Never touched: domains without compatlab metadata, domains whose
-controller is alive, domains whose controller is on another host, folders without a readable
-``owner.json`` (unless a reaped domain proved that run dead), folders a kept domain belongs to.
+controller is alive, domains whose controller is on another host, folders a kept domain belongs
+to, folders whose ``owner.json`` exists but does not parse.
+
+A folder with no ``owner.json`` at all is what a runner killed between creating the folder and
+writing the file leaves (or an older compatlab whose write the disk refused): nobody can say
+whose it is, so it is judged by what it holds. It is *abandoned*, and deleted, when all of:
+
+- nothing in it -- the folder, its files and sub-folders, by mtime and ctime, symlinks not
+  followed -- has changed for :data:`ABANDONED_AFTER` (an hour): a live run writes its
+  ``owner.json`` within milliseconds of creating the folder, and a live run's disks change;
+- no domain on the hypervisor claims its run in its metadata (see above);
+- no domain on the hypervisor, compatlab's or not, running or not, names a path in it in its
+  XML (a disk, NVRAM, a log, a CD-ROM); when the domains cannot be read, none is deleted.
+
+A reaped domain that proved the run dead removes the folder whatever it holds, as before. A
+live run's folder always has its ``owner.json`` after that first moment, so the rule never
+reaches it; a runner on another host sharing the storage root is the one case it cannot see --
+each host needs a storage root of its own (the default, ``/var/lib/compatlab``, is).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import socket
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +73,7 @@ from compatlab.lab.connection import DEFAULT_URI, Hypervisor
 from compatlab.lab.machine import destroy_domain, undefine_domain
 
 __all__ = [
+    "ABANDONED_AFTER",
     "CELLS_DIR",
     "NS_PREFIX",
     "NS_URI",
@@ -84,6 +106,10 @@ NS_PREFIX = "compatlab"
 STORAGE_ROOT = Path("/var/lib/compatlab")
 CELLS_DIR = "cells"
 OWNER_FILE = "owner.json"
+#: Seconds a run folder without ``owner.json`` must have been left unchanged before a reaper
+#: may call it abandoned. A run writes owner.json a moment after it creates the folder; an
+#: hour is far beyond that moment, and beyond any pause of a live run's writes in it.
+ABANDONED_AFTER = 3600.0
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -239,14 +265,22 @@ def run_folder(storage_root: Path, run_id: str) -> Path:
 
 
 def write_run_owner(folder: Path, controller: Controller | None = None) -> Path:
-    """Create the run folder (if needed) and write its ``owner.json`` (atomically)."""
+    """Create the run folder (if needed) and write its ``owner.json`` (atomically).
+
+    A write the disk refuses (full) leaves no temporary file behind.
+    """
     owner = controller or Controller.current()
     target = folder / OWNER_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{OWNER_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(owner.as_json(), sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        try:
+            tmp.write_text(json.dumps(owner.as_json(), sort_keys=True) + "\n", encoding="utf-8")
+            tmp.replace(target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         raise StorageError(f"writing {target}: {exc}") from exc
     return target
@@ -356,8 +390,12 @@ def reap(
     storage_root: Path = STORAGE_ROOT,
     *,
     this_host: str | None = None,
+    now: float | None = None,
 ) -> ReapReport:
-    """Remove orphaned compatlab domains on ``hypervisor`` and dead runs' folders under root."""
+    """Remove orphaned compatlab domains on ``hypervisor`` and dead runs' folders under root.
+
+    ``now`` (``time.time()`` by default) is what a folder's age is measured against.
+    """
     here = this_host or socket.gethostname()
     report = ReapReport(host=hypervisor.host)
     live_runs: set[str] = set()
@@ -396,12 +434,27 @@ def reap(
             ReapedDomain(name, meta.run, meta.cell, meta.controller, was_running, why)
         )
 
-    _reap_folders(storage_root / CELLS_DIR, here, live_runs, dead_runs, report)
+    _reap_folders(
+        storage_root / CELLS_DIR,
+        here,
+        live_runs,
+        dead_runs,
+        report,
+        in_use=lambda: _paths_in_use(hypervisor),
+        now=time.time() if now is None else now,
+    )
     return report
 
 
 def _reap_folders(
-    cells: Path, here: str, live_runs: set[str], dead_runs: set[str], report: ReapReport
+    cells: Path,
+    here: str,
+    live_runs: set[str],
+    dead_runs: set[str],
+    report: ReapReport,
+    *,
+    in_use: Callable[[], list[str]],
+    now: float,
 ) -> None:
     try:
         folders = sorted(p for p in cells.iterdir() if p.is_dir() and not p.is_symlink())
@@ -410,19 +463,36 @@ def _reap_folders(
     except OSError as exc:
         report.errors.append(f"listing {cells}: {exc}")
         return
+    used: list[str] | None = None  # the domains' XML, read once and only when needed
+    unknown = False  # ... and could not be: nothing without owner.json is removed then
     for folder in folders:
         run = folder.name
         if run in live_runs:
             report.kept_folders.append(KeptFolder(folder, "a kept domain belongs to this run"))
             continue
         owner = read_run_owner(folder)
-        if owner is None:
-            if run not in dead_runs:
-                report.kept_folders.append(KeptFolder(folder, f"no readable {OWNER_FILE}"))
+        if owner is not None and orphan_reason(owner, here) is None:
+            report.kept_folders.append(KeptFolder(folder, _keep_reason(owner, here)))
+            continue
+        if owner is None and run not in dead_runs:
+            if (folder / OWNER_FILE).exists() or (folder / OWNER_FILE).is_symlink():
+                report.kept_folders.append(KeptFolder(folder, f"{OWNER_FILE} does not parse"))
                 continue
-        else:
-            if orphan_reason(owner, here) is None:
-                report.kept_folders.append(KeptFolder(folder, _keep_reason(owner, here)))
+            age = _quiet_for(folder, now)
+            if age is None or age < ABANDONED_AFTER:
+                changed = "cannot be read" if age is None else f"changed {age / 60:.0f} min ago"
+                report.kept_folders.append(KeptFolder(folder, f"no {OWNER_FILE}; {changed}"))
+                continue
+            if used is None:
+                try:
+                    used = in_use()
+                except LabError as exc:
+                    report.errors.append(str(exc))
+                    used = []
+                    unknown = True
+            if unknown or any(_names_a_file_in(xml, folder) for xml in used):
+                why = "the domains cannot be read" if unknown else "a domain uses a file in it"
+                report.kept_folders.append(KeptFolder(folder, f"no {OWNER_FILE}, but {why}"))
                 continue
         try:
             shutil.rmtree(folder)
@@ -431,6 +501,46 @@ def _reap_folders(
             continue
         log.warning("removed dead run's folder %s", folder)
         report.removed_folders.append(folder)
+
+
+def _quiet_for(folder: Path, now: float) -> float | None:
+    """Seconds since anything in ``folder`` (itself included; symlinks not followed) was
+    last written or changed; None when part of it cannot be read."""
+    latest = 0.0
+    try:
+        for path in (folder, *folder.rglob("*")):
+            info = path.lstat()
+            # ctime too: a file's mtime can be set back (touch -d, tar), its ctime cannot.
+            latest = max(latest, info.st_mtime, info.st_ctime)
+    except OSError:
+        return None
+    return now - latest
+
+
+def _paths_in_use(hypervisor: Hypervisor) -> list[str]:
+    """The XML of every domain on the hypervisor, compatlab's or not, running or not."""
+    xmls: list[str] = []
+    for dom in hypervisor.domains():
+        try:
+            xmls.append(str(dom.XMLDesc(0)))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue  # gone meanwhile
+            raise HypervisorError(
+                f"reading the domain XML: {exc.get_error_message()}",
+                host=hypervisor.host,
+                domain=str(dom.name()),
+            ) from exc
+    return xmls
+
+
+def _names_a_file_in(xml: str, folder: Path) -> bool:
+    """The domain XML mentions a path inside ``folder`` (or the folder itself)."""
+    return any(
+        escape(name) + end in xml
+        for name in {str(folder), os.path.realpath(folder)}
+        for end in ("/", "'", '"', "<")
+    )
 
 
 def gc(uri: str = DEFAULT_URI, *, storage_root: Path = STORAGE_ROOT) -> ReapReport:
