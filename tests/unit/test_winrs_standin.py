@@ -12,10 +12,12 @@ envelopes are checked against the Windows responses recorded by pywinrm's tests
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -382,6 +384,46 @@ def test_ctrl_c_interrupts(server: Responder) -> None:
         out, _, code = p.get_command_output(shell_id, command_id)
         p.close_shell(shell_id, close_session=False)
     assert (out, code) == (b"interrupted\n", 130)
+
+
+def test_a_process_group_is_signalled_only_while_its_id_cannot_be_anyone_elses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command's group id is its first process's pid, free for the next new process once
+    that one is reaped: ``killpg`` after that could hit a stranger's group. So the stand-in
+    leaves the ended process a zombie -- its pid taken -- until the command is forgotten
+    (Signal terminate, Delete), signals the group then (stragglers of the command too), reaps
+    it, and never signals that id again."""
+    pidfile = tmp_path / "straggler.pid"
+    command = standin.Command("c1", "exit 3")
+    script = f"sleep 60 >/dev/null 2>&1 & echo $! > {pidfile}; exit 3"
+    command.start(standin.Plan(["/bin/sh", "-c", script]), str(tmp_path), dict(os.environ))
+    proc = command.proc
+    assert proc is not None and proc.stdin and proc.stdout and proc.stderr
+    straggler = read_pid(pidfile)
+    try:
+        with command.cond:
+            assert command.cond.wait_for(lambda: command.exit_code == 3, timeout=5)
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        assert stat.rpartition(")")[2].split()[0] == "Z", "ended, but its pid must stay taken"
+
+        command.kill(standin.signal.SIGKILL)  # what Signal terminate and Delete send
+        assert gone(straggler), "the command's own straggler outlived terminate"
+        assert proc.returncode == 3  # reaped: the pid is free now
+        sent: list[tuple[int, int]] = []
+        monkeypatch.setattr(standin.os, "killpg", lambda pgid, sig: sent.append((pgid, sig)))
+        command.kill(standin.signal.SIGKILL)
+        command.kill(standin.signal.SIGINT)
+        assert sent == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(straggler, signal.SIGKILL)
+        if proc.returncode is None:
+            proc.wait()
+        with command.cond:
+            command.cond.wait_for(lambda: command.open_pipes == 0, timeout=5)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
 
 
 def signal_message(p: Protocol, shell_id: str, command_id: str, code: str) -> str:

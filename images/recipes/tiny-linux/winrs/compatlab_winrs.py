@@ -797,6 +797,10 @@ class Command:
         self.proc: subprocess.Popen[bytes] | None = None
         self._note = b""
         self._send_lock = threading.Lock()
+        # Held while the process is signalled or reaped (see _reap).
+        self._group = threading.Lock()
+        self._ended = False
+        self._forgotten = False
 
     def start(self, plan: Plan, cwd: str, env: dict[str, str]) -> None:
         self._note = plan.note.encode()
@@ -842,10 +846,23 @@ class Command:
                 self.cond.notify_all()
 
     def _reap(self) -> None:
+        """Wait for the process to end, and leave it a zombie (WNOWAIT).
+
+        Its pid is the id of its process group, which :meth:`kill` signals: while the zombie
+        exists no new process can get that pid, so the group cannot be a stranger's. The
+        zombie is reaped when the command is forgotten (SIGKILL: Signal terminate, Delete).
+        """
         assert self.proc is not None
-        code = self.proc.wait()
+        info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        assert info is not None
+        # Killed by signal N: 128+N, as the shell says.
+        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        with self._group:
+            self._ended = True
+            if self._forgotten:
+                self.proc.wait()
         with self.cond:
-            self.exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128+N
+            self.exit_code = code
             self.exited_at = time.monotonic()
             self.cond.notify_all()
 
@@ -917,10 +934,21 @@ class Command:
             return out, err, finished, self.exit_code if finished and self.exit_code else 0
 
     def kill(self, sig: int) -> None:
+        """Signal the command's process group; SIGKILL also forgets the process (reaps it).
+
+        Never once it is reaped: its pid, the group's id, may be another process's by then.
+        """
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+        with self._group:
+            if self.proc.returncode is not None:
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                self._forgotten = True
+                if self._ended:
+                    self.proc.wait()
         if sig == signal.SIGKILL and self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
