@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar, cast
 
 from compatlab import files
 from compatlab._yaml import Node, load
+from compatlab.capabilities import ProfileNotSupported, check_supported
 from compatlab.errors import CatalogError, InputError
+from compatlab.guest.conventions import GuestConventions, parse_conventions
+from compatlab.installs import (
+    COMMAND_CHARACTERS,
+    Commands,
+    ExitCodes,
+    WindowsPackage,
+    parse_commands,
+    parse_exit_codes,
+)
 
 __all__ = [
     "OS_FAMILIES",
@@ -31,6 +41,7 @@ __all__ = [
     "ProductPayload",
     "ProfileNotSupported",
     "Watchdog",
+    "WindowsPackage",
     "check_supported",
     "load_catalog",
 ]
@@ -47,16 +58,6 @@ MAX_NAME_LENGTH = 64
 # What any lab host can give one VM: QEMU's q35 takes up to 288 vCPUs; no host has 4 TiB spare.
 MAX_VCPUS = 256
 MAX_MEMORY_MIB = 4 * 1024 * 1024
-# An installer's exit code, as Windows (a DWORD, often shown signed) and Linux give it.
-EXIT_CODE_RANGE = (-(2**31), 2**32 - 1)
-# Commands may be shell scripts written as a YAML block: tabs and line breaks are theirs.
-COMMAND_CHARACTERS = "\t\n"
-# The fields each guest template may name, filled in by the scenario (quoted for the shell).
-TEMPLATE_FIELDS = {
-    "mount_payload": ("label", "path"),
-    "unmount_payload": ("path",),
-    "service_check": ("service",),
-}
 
 
 @dataclass(frozen=True)
@@ -66,38 +67,6 @@ class Credentials:
     username: str
     password_env: str | None = None
     password_file: Path | None = None
-
-
-@dataclass(frozen=True)
-class GuestConventions:
-    """How the lab does routine things inside a guest of this image.
-
-    ``{label}``, ``{path}`` and ``{service}`` are filled in by the scenario. ``mount_payload`` is
-    None where the guest mounts a CD-ROM by itself (Windows gives it a drive letter).
-    """
-
-    payload_path: str
-    mount_payload: str | None
-    unmount_payload: str | None
-    service_check: str
-
-    @classmethod
-    def default(cls, os_family: OsFamily) -> GuestConventions:
-        if os_family == "windows":
-            # Golden Windows images are built with the payload drive at D:.
-            return cls(
-                payload_path="D:\\",
-                mount_payload=None,
-                unmount_payload=None,
-                # The lab quotes {service} itself (compatlab.guest.quoting).
-                service_check="sc query {service} | findstr /C:RUNNING",
-            )
-        return cls(
-            payload_path="/run/compatlab/payload",
-            mount_payload="mkdir -p {path} && mount -o ro -L {label} {path}",
-            unmount_payload="umount {path}",
-            service_check="systemctl is-active --quiet {service}",
-        )
 
 
 @dataclass(frozen=True)
@@ -156,30 +125,6 @@ class HardwareProfile:
     machine: str
     source: Path
     watchdog: Watchdog | None = None
-
-
-@dataclass(frozen=True)
-class ExitCodes:
-    """What an installer's exit code means. Anything not listed is a failure."""
-
-    success: tuple[int, ...] = (0,)
-    reboot: tuple[int, ...] = ()
-
-    def meaning(self, code: int) -> Literal["success", "reboot", "failure"]:
-        if code in self.success:
-            return "success"
-        if code in self.reboot:
-            return "reboot"
-        return "failure"
-
-
-@dataclass(frozen=True)
-class Commands:
-    """Install and uninstall command lines; ``{payload}`` is where the payload is mounted."""
-
-    install: str
-    uninstall: str
-    exit_codes: ExitCodes = field(default_factory=ExitCodes)
 
 
 @dataclass(frozen=True)
@@ -246,17 +191,6 @@ def _path(node: Node, base: Path, what: str, kinds: tuple[files.PathKind, ...] =
     return path
 
 
-def _int_list(node: Node, what: str) -> tuple[int, ...]:
-    low, high = EXIT_CODE_RANGE
-    out = []
-    for item in node.items(what):
-        code = item.integer(what)
-        if not low <= code <= high:
-            raise item.error(f"{what}: {code} is not an exit code ({low} to {high})")
-        out.append(code)
-    return tuple(out)
-
-
 # A serial marker is one line's worth of pattern; anything longer is a mistake, not a need.
 _MAX_PATTERN_LENGTH = 500
 
@@ -283,14 +217,6 @@ def _line_pattern(node: Node, what: str) -> re.Pattern[str]:
             "write the line the guest prints, e.g. '^compatlab-guest: services started'",
         )
     return pattern
-
-
-def parse_exit_codes(node: Node) -> ExitCodes:
-    entries = node.mapping("exit_codes", optional=("success", "reboot"))
-    return ExitCodes(
-        success=_int_list(entries["success"], "success codes") if "success" in entries else (0,),
-        reboot=_int_list(entries["reboot"], "reboot codes") if "reboot" in entries else (),
-    )
 
 
 # Twelve digits are already past any host; more would only be a very long int() to refuse.
@@ -366,27 +292,7 @@ def parse_image(path: Path) -> GoldenImage:
     initrd = _path(e["initrd"], base, "initrd") if "initrd" in e else None
     if initrd is not None and kernel is None:
         raise e["initrd"].error("an initrd needs a kernel")
-    guest = None
-    if "guest" in e:
-        defaults = GuestConventions.default(os_family)
-        g = e["guest"].mapping(
-            "guest", optional=("payload_path", "mount_payload", "unmount_payload", "service_check")
-        )
-        templates = {
-            key: None if g[key].is_null() else g[key].template(key, fields)
-            for key, fields in TEMPLATE_FIELDS.items()
-            if key in g
-        }
-        if templates.get("service_check", "") is None:
-            raise g["service_check"].error("service_check cannot be null")
-        guest = GuestConventions(
-            payload_path=g["payload_path"].text("payload_path")
-            if "payload_path" in g
-            else defaults.payload_path,
-            mount_payload=templates.get("mount_payload", defaults.mount_payload),
-            unmount_payload=templates.get("unmount_payload", defaults.unmount_payload),
-            service_check=templates.get("service_check") or defaults.service_check,
-        )
+    guest = parse_conventions(e["guest"], os_family) if "guest" in e else None
     return GoldenImage(
         guest=guest,
         uefi_vars=_path(e["uefi_vars"], base, "uefi_vars") if "uefi_vars" in e else None,
@@ -451,28 +357,19 @@ def parse_hardware(path: Path) -> HardwareProfile:
     )
 
 
-def parse_commands(entries: Mapping[str, Node]) -> Commands:
-    return Commands(
-        install=entries["install"].text("install", allow=COMMAND_CHARACTERS),
-        uninstall=entries["uninstall"].text("uninstall", allow=COMMAND_CHARACTERS),
-        exit_codes=parse_exit_codes(entries["exit_codes"])
-        if "exit_codes" in entries
-        else ExitCodes(),
-    )
-
-
 def parse_product(path: Path) -> Product:
     root = load(path, CatalogError)
     e = root.mapping("product", required=("name", "vendor"), optional=OS_FAMILIES)
     base = path.parent
+    name = _name(e["name"], "product name")
     payloads: dict[OsFamily, ProductPayload] = {}
     for family in OS_FAMILIES:
         if family not in e:
             continue
         p = e[family].mapping(
             f"{family} payload",
-            required=("payload", "install", "uninstall"),
-            optional=("exit_codes", "health"),
+            required=("payload", "install"),
+            optional=("uninstall", "exit_codes", "health"),
         )
         health = Health()
         if "health" in p:
@@ -487,13 +384,19 @@ def parse_product(path: Path) -> Product:
             )
         payloads[family] = ProductPayload(
             folder=_path(p["payload"], base, "payload folder", ("folder",)),
-            commands=parse_commands(p),
+            commands=parse_commands(
+                p["install"],
+                p.get("uninstall"),
+                parse_exit_codes(p["exit_codes"]) if "exit_codes" in p else None,
+                family=family,
+                what=f"product '{name}'",
+            ),
             health=health,
         )
     if not payloads:
         raise root.error("a product needs a payload for at least one OS family (windows, linux)")
     return Product(
-        name=_name(e["name"], "product name"),
+        name=name,
         vendor=e["vendor"].text("vendor"),
         payloads=payloads,
         source=path,
@@ -534,51 +437,3 @@ def load_catalog(images: Path, hardware: Path, products: Path) -> Catalog:
         hardware=_load_folder(hardware, parse_hardware, "hardware profile"),
         products=_load_folder(products, parse_product, "product"),
     )
-
-
-# -- what this lab can run ------------------------------------------------------------------------
-
-
-class ProfileNotSupported(CatalogError):
-    """A hardware profile (with this image) cannot run on this lab's libvirt / QEMU.
-
-    An input error, found before anything is created: the profile file is what must change.
-    """
-
-
-def check_supported(image: GoldenImage, hardware: HardwareProfile) -> None:
-    """Refuse, with a clear reason, a profile this lab's libvirt 9.0 / QEMU 7.2 cannot run.
-
-    - the image does not boot with the profile's firmware;
-    - Secure Boot on the ``pc`` machine: every Secure Boot OVMF build needs SMM, which the
-      firmware descriptors only offer on q35 (libvirt: "Unable to find any firmware to
-      satisfy 'efi'");
-    - the ``itco`` watchdog: libvirt 9.0 does not know the model.
-
-    NVMe is supported (see the domain template): libvirt 9.0 has no NVMe disk bus, so the disk's
-    front end is overridden to QEMU's ``nvme`` device.
-
-    Pure (no libvirt, no files): the matrix loader runs it once per (image, hardware) pair of
-    the expanded matrix, so a profile that cannot run is a usage error before anything starts;
-    :func:`compatlab.lab.domain.render_domain_xml` runs it again for every domain it renders.
-    """
-    if hardware.firmware not in image.firmware:
-        raise ProfileNotSupported(
-            f"image '{image.name}' boots with {'/'.join(sorted(image.firmware))}, "
-            f"hardware profile '{hardware.name}' has {hardware.firmware}",
-            file=hardware.source,
-            hint="pair this image with a profile of a firmware it supports",
-        )
-    if hardware.secure_boot and hardware.machine != "q35":
-        raise ProfileNotSupported(
-            f"hardware profile '{hardware.name}': Secure Boot needs machine q35, "
-            f"not {hardware.machine}",
-            file=hardware.source,
-            hint="the Secure Boot OVMF descriptors (they need SMM) list pc-q35-* machines only",
-        )
-    if hardware.watchdog is not None and hardware.watchdog.model == "itco":
-        raise ProfileNotSupported(
-            f"hardware profile '{hardware.name}': libvirt 9.0 does not know watchdog model 'itco'",
-            file=hardware.source,
-            hint="use i6300esb (or ib700) on this lab",
-        )

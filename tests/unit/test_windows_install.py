@@ -13,7 +13,6 @@ import re
 
 import pytest
 
-from compatlab.catalog import ExitCodes
 from compatlab.guest.quoting import UnsafeValue
 from compatlab.guest.verifier import (
     QUERY_SETTINGS_COMMAND,
@@ -29,7 +28,6 @@ from compatlab.guest.windows_install import (
     CMD_LINE_MAX,
     RETRY_1618,
     SETUPAPI_LOG,
-    WINDOWS_EXIT_CODES,
     RetryPolicy,
     UnsafePath,
     classify,
@@ -42,6 +40,7 @@ from compatlab.guest.windows_install import (
     published_names,
     uninstall_command,
 )
+from compatlab.installs import WINDOWS_EXIT_CODES, ExitCodes
 
 SPACED = "D:\\Acme Sensor 7.12\\sensor setup.msi"
 

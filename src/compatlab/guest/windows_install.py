@@ -1,9 +1,10 @@
-"""Install and uninstall command lines for Windows payloads, and what their exit codes mean.
+"""Install and uninstall command lines for Windows payloads.
 
 Pure: no guest, no clock. The scenario runs the lines this module builds over its channel
 (WinRM runs a command line through ``cmd.exe``), reads the exit code with :func:`classify`,
-retries on :data:`RETRY_1618`, and keeps the file named by :attr:`InstallerCommand.log` as
-evidence. One builder per payload kind:
+retries on :data:`RETRY_1618` (both from :mod:`.exit_codes`, re-exported here), and keeps
+the file named by :attr:`InstallerCommand.log` as evidence (:mod:`.installer_log`). One
+builder per payload kind:
 
 =========  ==========================================================================
 kind       install / uninstall
@@ -24,13 +25,6 @@ character is refused with :class:`UnsafePath` -- as are the characters no Window
 hold (``< > | ? *``; ``*`` and ``?`` are allowed in the file name of a driver INF, which
 pnputil expands). A line longer than cmd's 8191 characters is refused too.
 
-Exit codes (Windows Installer's, shared by wusa and pnputil): 0 success; 3010
-``ERROR_SUCCESS_REBOOT_REQUIRED`` and 1641 ``ERROR_SUCCESS_REBOOT_INITIATED`` mean success with
-a restart to come; 1618 ``ERROR_INSTALL_ALREADY_RUNNING`` means another installation holds the
-Windows Installer mutex (often Windows itself, just after a boot): run the same line again after
-the waits of :data:`RETRY_1618`. Anything else is a failure; :func:`describe` names the common
-ones for the report.
-
 None of these lines has run on Windows in this repository's tests: they are checked for shape
 and quoting here. The flags are Microsoft's documented ones (msiexec, wusa, pnputil command-line
 references); see ``images/recipes/windows/README.md`` for what was looked up and what is not
@@ -45,8 +39,17 @@ from dataclasses import dataclass
 from pathlib import PureWindowsPath
 from typing import Final, Literal
 
-from compatlab.catalog import ExitCodes
 from compatlab.guest.channel import encode_powershell
+from compatlab.guest.exit_codes import (
+    REBOOT_CODES,
+    RETRY_1618,
+    RETRY_CODES,
+    SUCCESS_CODES,
+    Outcome,
+    RetryPolicy,
+    classify,
+    describe,
+)
 from compatlab.guest.quoting import UnsafeValue
 
 __all__ = [
@@ -58,7 +61,6 @@ __all__ = [
     "RETRY_CODES",
     "SETUPAPI_LOG",
     "SUCCESS_CODES",
-    "WINDOWS_EXIT_CODES",
     "InstallerCommand",
     "Outcome",
     "PayloadKind",
@@ -77,7 +79,6 @@ __all__ = [
 
 PayloadKind = Literal["msi", "msu", "driver", "exe", "ps1"]
 KINDS: Final[tuple[PayloadKind, ...]] = ("msi", "msu", "driver", "exe", "ps1")
-Outcome = Literal["success", "reboot", "retry", "failure"]
 
 #: cmd.exe's limit for one command line (characters).
 CMD_LINE_MAX: Final = 8191
@@ -86,11 +87,6 @@ DEFAULT_LOG_DIR: Final = "C:\\compatlab\\logs"
 #: pnputil has no log switch: the driver installer's log is SetupAPI's device log.
 SETUPAPI_LOG: Final = "C:\\Windows\\INF\\setupapi.dev.log"
 
-SUCCESS_CODES: Final = (0,)
-REBOOT_CODES: Final = (3010, 1641)
-RETRY_CODES: Final = (1618,)
-#: The table above as the catalog's type, for products and candidates that declare none.
-WINDOWS_EXIT_CODES: Final = ExitCodes(success=SUCCESS_CODES, reboot=REBOOT_CODES)
 
 _EXTENSIONS: Final[Mapping[str, PayloadKind]] = {
     ".msi": "msi",
@@ -133,86 +129,6 @@ class InstallerCommand:
     command: str
     log: str | None
     script: str | None = None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Run again after ``waits[n]`` seconds, at most ``attempts`` runs in all."""
-
-    attempts: int
-    waits: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1 or len(self.waits) != self.attempts - 1:
-            raise ValueError("a retry policy needs attempts >= 1 and attempts - 1 waits")
-
-    def wait_before(self, attempt: int) -> float | None:
-        """Seconds to wait before run number ``attempt`` (1-based); None: give up."""
-        if attempt <= 1:
-            return 0.0
-        if attempt > self.attempts:
-            return None
-        return self.waits[attempt - 2]
-
-
-#: 1618: another installation is running. Six runs over about 7.5 minutes -- longer than
-#: Windows's own post-boot servicing usually holds the installer, shorter than a boot timeout.
-RETRY_1618: Final = RetryPolicy(attempts=6, waits=(15.0, 30.0, 60.0, 120.0, 240.0))
-
-
-# -- exit codes ------------------------------------------------------------------------------
-
-
-def _unsigned(code: int) -> int:
-    """Exit codes as Windows reports them: HRESULTs (wusa) may arrive negative."""
-    return code & 0xFFFFFFFF
-
-
-def classify(code: int, declared: ExitCodes | None = None) -> Outcome:
-    """What an installer's exit code means: ``success``, ``reboot``, ``retry`` or ``failure``.
-
-    ``declared`` is what the product or candidate declared (the catalog's ``exit_codes``);
-    its success and reboot codes win. Without it, :data:`WINDOWS_EXIT_CODES` applies.
-    1618 is ``retry`` unless declared otherwise; the runner retries by :data:`RETRY_1618` and
-    calls a 1618 that outlasts it a failure.
-    """
-    table = declared if declared is not None else WINDOWS_EXIT_CODES
-    for value in {code, _unsigned(code)}:
-        meaning = table.meaning(value)
-        if meaning != "failure":
-            return meaning
-    if _unsigned(code) in RETRY_CODES:
-        return "retry"
-    return "failure"
-
-
-_NAMES: Final[Mapping[int, str]] = {
-    0: "ERROR_SUCCESS",
-    259: "ERROR_NO_MORE_ITEMS (pnputil: no device matched the driver, or a better one is "
-    "installed)",
-    1602: "ERROR_INSTALL_USEREXIT (the installation was cancelled)",
-    1603: "ERROR_INSTALL_FAILURE (a fatal error during installation; see the log)",
-    1605: "ERROR_UNKNOWN_PRODUCT (not installed)",
-    1618: "ERROR_INSTALL_ALREADY_RUNNING (another installation is in progress)",
-    1619: "ERROR_INSTALL_PACKAGE_OPEN_FAILED (the package could not be opened)",
-    1620: "ERROR_INSTALL_PACKAGE_INVALID (the package is not a valid Windows Installer package)",
-    1622: "ERROR_INSTALL_LOG_FAILURE (the log file could not be opened)",
-    1625: "ERROR_INSTALL_PACKAGE_REJECTED (forbidden by system policy)",
-    1633: "ERROR_INSTALL_PLATFORM_UNSUPPORTED (not for this processor type)",
-    1638: "ERROR_PRODUCT_VERSION (another version of this product is already installed)",
-    1641: "ERROR_SUCCESS_REBOOT_INITIATED (success; the installer started a restart)",
-    3010: "ERROR_SUCCESS_REBOOT_REQUIRED (success; a restart completes it)",
-    0x00240006: "WU_S_ALREADY_INSTALLED (wusa: the update is already installed)",
-    0x80240017: "WU_E_NOT_APPLICABLE (wusa: the update does not apply to this system)",
-}
-
-
-def describe(code: int) -> str:
-    """``code`` as people read it: ``1603 ERROR_INSTALL_FAILURE (...)``; hex for HRESULTs."""
-    value = _unsigned(code)
-    shown = f"0x{value:08X}" if value > 0xFFFF else str(value)
-    name = _NAMES.get(value)
-    return f"{shown} {name}" if name else shown
 
 
 # -- quoting ---------------------------------------------------------------------------------

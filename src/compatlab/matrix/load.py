@@ -7,6 +7,9 @@ on every machine and every xdist worker.
 
 Semantics, by key:
 
+- ``candidate``: ``install`` and ``uninstall`` per OS family, each a command line; on Windows
+  ``install`` may be a package (``{kind: msi, file: sensor.msi}``, :mod:`compatlab.installs`),
+  whose uninstall line the lab builds for msi, msu and driver.
 - ``axes``: ``build`` and ``hardware`` are lists of catalog names; ``products`` is a list of
   product sets (``[]`` = none) or a map of slots (``av: [defender, none]``) whose choices are
   unioned into the cell's product set.
@@ -33,17 +36,9 @@ from typing import Any, cast
 
 from compatlab import files
 from compatlab._yaml import Node, did_you_mean, load
-from compatlab.catalog import (
-    COMMAND_CHARACTERS,
-    MAX_NAME_LENGTH,
-    OS_FAMILIES,
-    Catalog,
-    Commands,
-    OsFamily,
-    load_catalog,
-    parse_exit_codes,
-)
+from compatlab.catalog import MAX_NAME_LENGTH, OS_FAMILIES, Catalog, OsFamily, load_catalog
 from compatlab.errors import InputError, MatrixError
+from compatlab.installs import Commands, parse_commands, parse_exit_codes
 from compatlab.matrix.expand import (
     CellMaker,
     Include,
@@ -182,21 +177,20 @@ def _per_os(node: Node, what: str) -> dict[OsFamily, Node]:
 def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
     c = node.mapping(
         "candidate",
-        required=("name", "version", "payload", "install", "uninstall"),
-        optional=("exit_codes", "reboots"),
+        required=("name", "version", "payload", "install"),
+        optional=("uninstall", "exit_codes", "reboots"),
     )
     payload = _folder(c["payload"], base, "payload", "candidate payload folder")
     install = _per_os(c["install"], "candidate install")
-    uninstall = _per_os(c["uninstall"], "candidate uninstall")
+    # Absent only where every install is a Windows package that knows its uninstall line.
+    uninstall = _per_os(c["uninstall"], "candidate uninstall") if "uninstall" in c else {}
     exit_codes = parse_exit_codes(c["exit_codes"]) if "exit_codes" in c else None
     commands: dict[OsFamily, Commands] = {}
     for family, command in install.items():
-        if family not in uninstall:
-            raise c["uninstall"].error(f"candidate uninstall has no {family} command")
-        commands[family] = Commands(
-            install=command.text("install command", allow=COMMAND_CHARACTERS),
-            uninstall=uninstall[family].text("uninstall command", allow=COMMAND_CHARACTERS),
-            **({"exit_codes": exit_codes} if exit_codes else {}),
+        if family not in uninstall and not command.is_mapping():
+            raise c.get("uninstall", command).error(f"candidate uninstall has no {family} command")
+        commands[family] = parse_commands(
+            command, uninstall.get(family), exit_codes, family=family, what="candidate"
         )
     candidate = Candidate(
         name=c["name"].text("candidate name", max_length=MAX_NAME_LENGTH),

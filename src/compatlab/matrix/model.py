@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from compatlab.catalog import Catalog, Commands, GoldenImage, HardwareProfile, OsFamily, Product
+from compatlab.catalog import Catalog, GoldenImage, HardwareProfile, OsFamily, Product
+from compatlab.installs import Commands
 
 __all__ = ["Candidate", "Cell", "Matrix", "ScenarioSettings", "Strategy", "cell_id"]
 

@@ -21,6 +21,7 @@ candidate is the configuration's; the candidate is then not installed.
 from __future__ import annotations
 
 from compatlab.errors import LabError
+from compatlab.installs import Action
 from compatlab.model import CommandRecord, Phase
 from compatlab.scenario import checks
 from compatlab.scenario.session import GuestFailed, Session
@@ -74,10 +75,7 @@ def _phases(vm: Session) -> None:
             payload = product.payload_for(cell.os_family)
             assert payload is not None  # the matrix loader checked this
             vm.say(f"installing {product.name}")
-            commands = payload.commands
-            record = install(
-                vm, payload.folder, commands.install, commands.exit_codes, product.name
-            )
+            record = install(vm, payload.folder, payload.commands, "install", product.name)
             if record.meaning == "failure":
                 phase.add(install_failure=record)
                 return
@@ -102,9 +100,8 @@ def _phases(vm: Session) -> None:
             return
 
     if vm.record.with_candidate:
-        commands = cell.candidate.commands[cell.os_family]
         with vm.phase(Phase.INSTALL) as phase:
-            record = _candidate(vm, commands.install)
+            record = _candidate(vm, "install")
             if record.meaning == "failure":
                 phase.add(install_failure=record)
                 return
@@ -128,7 +125,7 @@ def _phases(vm: Session) -> None:
 
     if vm.record.with_candidate and scenario.rollback:
         with vm.phase(Phase.ROLLBACK) as phase:
-            record = _candidate(vm, commands.uninstall)
+            record = _candidate(vm, "uninstall")
             if record.meaning == "failure":
                 code = record.exit_code
                 how = "did not exit" if code is None else f"exited {code}"
@@ -141,10 +138,10 @@ def _phases(vm: Session) -> None:
                 phase.add(rollback_failure="; ".join(failed_checks))
 
 
-def _candidate(vm: Session, command: str) -> CommandRecord:
+def _candidate(vm: Session, action: Action) -> CommandRecord:
     """Run the candidate's installer or uninstaller from its payload ISO."""
     candidate = vm.cell.candidate
-    codes = candidate.commands[vm.cell.os_family].exit_codes
+    commands = candidate.commands[vm.cell.os_family]
     return install(
-        vm, candidate.payload, command, codes, candidate.name, restarts=candidate.reboots
+        vm, candidate.payload, commands, action, candidate.name, restarts=candidate.reboots
     )
