@@ -1,6 +1,6 @@
-"""Windows cells through the real runner: packages declared by kind and installer logs kept as
-evidence -- on libvirt's ``test:///default`` driver with a scripted guest
-(tests/support/fakeguest.py).
+"""Windows cells through the real runner: packages declared by kind, installer logs kept as
+evidence, Driver Verifier on and off -- on libvirt's ``test:///default`` driver with a scripted
+guest (tests/support/fakeguest.py).
 
 What is checked is what the runner sends over the channel and what it keeps: the lines are the
 ones ``compatlab.guest.windows_install`` builds, byte for byte. The guest is a script that answers
@@ -256,3 +256,59 @@ def test_a_log_that_cannot_be_kept_is_noted_and_changes_no_verdict(
     assert not any(k.startswith("installer-log-") for k in result.artifacts)
     notes = [e.detail for e in result.events if e.kind == "installer_log"]
     assert notes and all(said in n for n in notes), notes
+
+
+# -- Driver Verifier ------------------------------------------------------------------------------
+
+VERIFIER = "include: [{scenario: {verifier: [sensor.sys]}}]\n"
+SETTINGS = """\
+Special pool: Enabled
+Pool tracking: Enabled
+Verified drivers:
+
+sensor.sys
+"""
+
+
+def test_driver_verifier_is_on_before_the_first_boot_and_reset_at_rollback(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    query = CommandResult(0, SETTINGS, "", 0.1)
+    guests = Guests({READ_LOG: log_answer("ok\n"), "/querysettings": query})
+    result = run(hv, tmp_path, windows_cell(tmp_path, extra=VERIFIER), guests)
+    assert result.verdict is Verdict.PASS, result.reason
+    assert installers(guests.made[0]) == [
+        INSTALL.command,
+        "verifier.exe /standard /driver sensor.sys",
+        "verifier.exe /querysettings",
+        UNINSTALL.command,
+        "verifier.exe /reset",
+    ]
+    phases = {c.command: c.phase for c in result.commands}
+    assert phases["verifier.exe /standard /driver sensor.sys"] == "install"
+    assert phases["verifier.exe /reset"] == "rollback"
+    # Enabled after the install command, before the first boot of the candidate.
+    enabled = next(e for e in result.events if e.kind == "verifier")
+    boots = next(e for e in result.events if e.kind == "phase" and e.detail == "boots")
+    assert "sensor.sys" in enabled.detail and enabled.t < boots.t
+
+
+def test_a_driver_verifier_did_not_take_is_the_labs_failure(hv: Hypervisor, tmp_path: Path) -> None:
+    nothing = CommandResult(0, "No drivers are currently verified.\n", "", 0.1)
+    scripts = {READ_LOG: log_answer("ok\n"), "/querysettings": nothing}
+    result = run(hv, tmp_path, windows_cell(tmp_path, extra=VERIFIER), Guests(scripts, scripts))
+    assert (result.verdict, result.attribution) == (Verdict.INFRA_ERROR, Attribution.INFRA)
+    assert "Driver Verifier is not set up for sensor.sys" in result.reason
+    assert result.attempts == 2
+
+
+def test_a_rerun_without_the_candidate_verifies_nothing(hv: Hypervisor, tmp_path: Path) -> None:
+    query = CommandResult(0, SETTINGS, "", 0.1)
+    guests = Guests(
+        {READ_LOG: log_answer("ok\n"), "/querysettings": query, "boots": ["ok", "ok", "crash"]},
+        {},
+    )
+    result = run(hv, tmp_path, windows_cell(tmp_path, extra=VERIFIER), guests)
+    assert (result.verdict, result.attribution) == (Verdict.CRASH, Attribution.CANDIDATE)
+    assert any("verifier" in c for c in guests.made[0].ran)
+    assert len(guests.made) == 2 and not any("verifier" in c for c in guests.made[1].ran)

@@ -1,4 +1,4 @@
-"""Windows payloads declared by kind, as loaded, and the installer-log answer the runner reads.
+"""Windows payloads declared by kind and Driver Verifier settings, as loaded.
 
 A product or candidate may write ``install: {kind: msi, file: sensor.msi}`` instead of a command
 line: the lab builds the lines with ``compatlab.guest.windows_install``. What is checked here is
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from compatlab.catalog import parse_product
-from compatlab.errors import CatalogError, MatrixError
+from compatlab.errors import CatalogError, InputError, MatrixError
 from compatlab.guest.installer_log import LogAnswerError, parse_answer, read_script
 from compatlab.guest.windows_install import (
     driver_uninstall,
@@ -263,6 +263,104 @@ def test_a_bad_candidate_package_names_the_matrix_line(tmp_path: Path) -> None:
     with pytest.raises(MatrixError, match="'args' does not apply to an msi") as info:
         load_matrix(path, catalog_root=root)
     assert (info.value.file, info.value.line) == (path, 5)
+
+
+# -- scenario.verifier --------------------------------------------------------------------------
+
+
+def verifier_matrix(root: Path, body: str) -> Path:
+    return write(
+        root / "matrix" / "v.yaml",
+        """
+        candidate:
+          name: sensor
+          version: "1.0"
+          payload: ../payloads/candidate
+          install: {windows: {kind: msi, file: sensor.msi}, linux: "sh i.sh"}
+          uninstall: {linux: "sh u.sh"}
+        """
+        + body,
+    )
+
+
+def test_verifier_loads_for_windows_cells(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    body = """
+        axes: {build: [win11], hardware: [uefi-2cpu], products: [[]]}
+        scenario: {verifier: [sensor.sys, Sensor.sys, helper.sys]}
+    """
+    cell = load_matrix(verifier_matrix(root, body), catalog_root=root).cells[0]
+    assert cell.scenario.verifier == ("sensor.sys", "helper.sys")  # case-insensitive, once
+
+
+def test_verifier_reaching_a_linux_cell_is_refused_at_its_line(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    body = """
+        axes: {build: [win11, lin-a], hardware: [uefi-2cpu], products: [[]]}
+        scenario:
+          boots: 2
+          verifier: [sensor.sys]
+    """
+    path = verifier_matrix(root, body)
+    with pytest.raises(MatrixError, match="image 'lin-a' is linux") as info:
+        load_matrix(path, catalog_root=root)
+    assert (info.value.file, info.value.line) == (path, 11)
+    assert "lin-a/uefi-2cpu/none" in info.value.message
+
+
+def test_verifier_in_an_include_for_the_windows_build_only(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    body = """
+        axes: {build: [win11, lin-a], hardware: [uefi-2cpu], products: [[]]}
+        include:
+          - {build: win11, scenario: {verifier: [sensor.sys]}}
+    """
+    cells = load_matrix(verifier_matrix(root, body), catalog_root=root).cells
+    assert {c.build: c.scenario.verifier for c in cells} == {
+        "win11": ("sensor.sys",),
+        "lin-a": (),
+    }
+    wrong = body.replace("build: win11, scenario", "build: lin-a, scenario")
+    path = verifier_matrix(root, wrong)
+    with pytest.raises(MatrixError, match="Driver Verifier, a Windows tool") as info:
+        load_matrix(path, catalog_root=root)
+    assert (info.value.line, info.value.column) == (10, 41)  # the include's verifier
+
+
+def test_an_include_may_turn_the_verifier_off_for_linux_cells(tmp_path: Path) -> None:
+    root = make_project(tmp_path)
+    body = """
+        axes: {build: [win11, lin-a], hardware: [uefi-2cpu], products: [[]]}
+        scenario: {verifier: [sensor.sys]}
+        include:
+          - {build: lin-a, scenario: {verifier: []}}
+    """
+    cells = load_matrix(verifier_matrix(root, body), catalog_root=root).cells
+    assert [c.scenario.verifier for c in cells] == [("sensor.sys",), ()]
+
+
+@pytest.mark.parametrize(
+    ("names", "words"),
+    [
+        ("[C:\\drivers\\sensor.sys]", "is a path"),
+        ("['*.sys']", "wildcard"),
+        ("[sensor.dll]", "not a .sys image name"),
+        ("['sen sor.sys']", "only letters, digits"),
+        ("sensor.sys", "verifier must be a list"),
+        ("[" + ", ".join(f"d{i}.sys" for i in range(33)) + "]", "more than 32"),
+    ],
+)
+def test_bad_driver_names_are_load_errors(tmp_path: Path, names: str, words: str) -> None:
+    root = make_project(tmp_path)
+    body = f"""
+        axes: {{build: [win11], hardware: [uefi-2cpu], products: [[]]}}
+        scenario:
+          verifier: {names}
+    """
+    path = verifier_matrix(root, body)
+    with pytest.raises(InputError) as info:
+        load_matrix(path, catalog_root=root)
+    assert words in str(info.value) and info.value.line == 10
 
 
 # -- the installer log's answer ---------------------------------------------------------------

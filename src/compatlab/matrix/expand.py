@@ -48,6 +48,7 @@ class Row:
     slots: dict[str, str | None] | None
     overrides: dict[str, Any] = field(default_factory=dict)  # scenario settings, validated
     origin: Node | None = None  # the include entry that created it, for error positions
+    override_nodes: dict[str, Node] = field(default_factory=dict)  # where each override is
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class Include:
     products: tuple[str, ...] | None
     slots: dict[str, str | None] | None
     overrides: dict[str, Any]
+    override_nodes: dict[str, Node] = field(default_factory=dict)
 
 
 def combinations(
@@ -165,6 +167,7 @@ def apply_include(
         ):
             continue
         row.overrides.update(include.overrides)
+        row.override_nodes.update(include.override_nodes)
         matched = True
     if matched:
         return
@@ -185,7 +188,15 @@ def apply_include(
     else:
         assert include.products is not None
         products = include.products
-    new = Row(include.build, include.hardware, products, want_slots, dict(include.overrides), node)
+    new = Row(
+        include.build,
+        include.hardware,
+        products,
+        want_slots,
+        dict(include.overrides),
+        node,
+        dict(include.override_nodes),
+    )
     # Constraints are absolute, excludes are not (an include may bring an excluded cell back).
     broken = next((c for c in constraints if c.broken_by(_decoded(new))), None)
     if broken is not None:
@@ -269,6 +280,7 @@ class CellMaker:
         scenario: ScenarioSettings,
         value_nodes: list[list[Node]],
         command_nodes: dict[str, Node],
+        scenario_nodes: Mapping[str, Node] | None = None,
     ) -> None:
         self.path = path
         self.catalog = catalog
@@ -276,6 +288,7 @@ class CellMaker:
         self.scenario = scenario
         self.value_nodes = value_nodes
         self.command_nodes = command_nodes
+        self.scenario_nodes = scenario_nodes or {}
         self._machines: set[tuple[str, str]] = set()
         self._products: dict[tuple[OsFamily, tuple[str, ...]], tuple[Product, ...]] = {}
 
@@ -308,6 +321,13 @@ class CellMaker:
         if products is None:
             products = self._product_objects(row, image.os_family, image.name)
         settings = replace(self.scenario, **row.overrides) if row.overrides else self.scenario
+        if settings.verifier and image.os_family != "windows":
+            where = row.override_nodes.get("verifier") or self.scenario_nodes["verifier"]
+            raise where.error(
+                f"cell {self._id(row)}: scenario.verifier turns on Driver Verifier, a Windows "
+                f"tool, but image '{image.name}' is {image.os_family}",
+                "set verifier in an include entry that names the Windows builds",
+            )
         return Cell(self.path, image, hardware, products, self.candidate, settings)
 
     def _product_objects(self, row: Row, os_family: OsFamily, image: str) -> tuple[Product, ...]:

@@ -10,6 +10,8 @@ Semantics, by key:
 - ``candidate``: ``install`` and ``uninstall`` per OS family, each a command line; on Windows
   ``install`` may be a package (``{kind: msi, file: sensor.msi}``, :mod:`compatlab.installs`),
   whose uninstall line the lab builds for msi, msu and driver.
+- ``scenario`` (and ``scenario`` in an include entry): :mod:`compatlab.matrix.settings`;
+  ``verifier`` may only reach cells of Windows images.
 - ``axes``: ``build`` and ``hardware`` are lists of catalog names; ``products`` is a list of
   product sets (``[]`` = none) or a map of slots (``av: [defender, none]``) whose choices are
   unioned into the cell's product set.
@@ -30,9 +32,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from compatlab import files
 from compatlab._yaml import Node, did_you_mean, load
@@ -58,16 +60,12 @@ from compatlab.matrix.rules import (
     ProductsContain,
     Space,
 )
+from compatlab.matrix.settings import scenario_overrides
 
 __all__ = ["CatalogCache", "load_matrix"]
 
 CatalogCache = dict[tuple[Path, Path, Path], Catalog]
 
-# Bounds on what a run can use. Past them a value is a typo or an attack: boots: 10^38 never
-# ends, boot_timeout: .inf never times out and 1e300 overflows a timer.
-MAX_COUNTS = {"boots": 100, "boot_loop": 100, "reruns": 10}
-MAX_SECONDS = 86_400.0  # a day: longer than any boot or bake a lab waits for
-MAX_BOOT_REGRESSION = 100.0
 MAX_INSTALLER_REBOOTS = 10
 # A full matrix is expanded in memory before constraints filter it; 2 million combinations take
 # seconds and a gigabyte. A bigger one is a pairwise matrix, or several files.
@@ -90,8 +88,10 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
     catalog = _catalog(top.get("catalog"), path, catalog_root, catalogs)
     candidate, command_nodes = _candidate(top["candidate"], path.parent)
     scenario = ScenarioSettings()
+    scenario_nodes: dict[str, Node] = {}
     if "scenario" in top:
-        scenario = replace(scenario, **_scenario_overrides(top["scenario"]))
+        overrides, scenario_nodes = scenario_overrides(top["scenario"])
+        scenario = replace(scenario, **overrides)
     space, value_nodes = _axes(top["axes"], catalog)
     excludes = (
         [
@@ -131,7 +131,7 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
         # offer one product) and seeded pairwise arrays can repeat a cell.
         check_unique(rows, space, value_nodes)
 
-    make = CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes)
+    make = CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes, scenario_nodes)
     cells = tuple(make(row) for row in rows)
     return Matrix(path, candidate, strategy, scenario, catalog, cells)
 
@@ -202,29 +202,6 @@ def _candidate(node: Node, base: Path) -> tuple[Candidate, dict[str, Node]]:
         else 0,
     )
     return candidate, {"install": c["install"]}
-
-
-_SCENARIO_KEYS = {f.name for f in fields(ScenarioSettings)}
-
-
-def _scenario_overrides(node: Node) -> dict[str, Any]:
-    """The settings a ``scenario`` mapping sets, each value checked for its type."""
-    entries = node.mapping("scenario", optional=sorted(_SCENARIO_KEYS))
-    return {key: _scenario_value(key, value) for key, value in entries.items()}
-
-
-def _scenario_value(key: str, value: Node) -> Any:
-    if key in MAX_COUNTS:
-        return value.integer(key, minimum=1, maximum=MAX_COUNTS[key])
-    if key in ("boot_timeout", "bake"):
-        return value.number(key, positive=True, maximum=MAX_SECONDS)
-    if key == "boot_regression":
-        return (
-            None if value.is_null() else value.number(key, minimum=1, maximum=MAX_BOOT_REGRESSION)
-        )
-    if key == "baseline":
-        return value.choice(("always", "on_failure", "never"), "baseline")
-    return value.flag(key)
 
 
 def _names(node: Node, known: Mapping[str, object], what: str) -> list[tuple[str, Node]]:
@@ -402,7 +379,7 @@ def _constraint(node: Node, space: Space, catalog: Catalog) -> Constraint:
 
 def _include(node: Node, space: Space, catalog: Catalog) -> Include:
     entry = node.mapping("include entry", optional=("build", "hardware", "products", "scenario"))
-    overrides = _scenario_overrides(entry["scenario"]) if "scenario" in entry else {}
+    overrides, nodes = scenario_overrides(entry["scenario"]) if "scenario" in entry else ({}, {})
     build = _known(entry["build"], catalog.images, "build") if "build" in entry else None
     hardware = (
         _known(entry["hardware"], catalog.hardware, "hardware") if "hardware" in entry else None
@@ -423,7 +400,7 @@ def _include(node: Node, space: Space, catalog: Catalog) -> Include:
                 )
         else:
             products = _product_set(p, catalog)
-    return Include(node, entry, build, hardware, products, slots, overrides)
+    return Include(node, entry, build, hardware, products, slots, overrides, nodes)
 
 
 def _strategy(

@@ -44,6 +44,9 @@ class ScenarioSettings:
     boot_loop: int = 3
     # Largest allowed ratio of a post-update boot's time to the baseline boot's; None = no check.
     boot_regression: float | None = None
+    # Windows only: drivers (plain *.sys names) put under Driver Verifier's standard checks
+    # after the candidate's install, before its first boot; reset at rollback.
+    verifier: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@
     provision   overlay on the golden image, domain defined and started, first boot
     products    each coexisting product installed from its payload ISO
     baseline    reboot: the configuration must boot clean, and its products be healthy
-    install     the candidate's installer, its exit code read by its declared meanings
+    install     the candidate's installer, its exit code read by its declared meanings; with
+                ``scenario.verifier``, Driver Verifier on for the named drivers from the next boot
     boots       reboot ``boots`` times; each must complete within ``boot_timeout`` and stay up
                 ``bake`` seconds with no crash
     checks      products still healthy, no crash evidence, boot time not regressed, custom checks
-    rollback    uninstall, reboot, boots clean, products healthy
+    rollback    uninstall (and ``verifier /reset``), reboot, boots clean, products healthy
 
 A rerun without the candidate (``with_candidate=False``) runs the same book and skips install
 and rollback. Every phase is watched by the hypervisor: a failure of the guest in any of them
@@ -25,7 +26,7 @@ from compatlab.installs import Action
 from compatlab.model import CommandRecord, Phase
 from compatlab.scenario import checks
 from compatlab.scenario.session import GuestFailed, Session
-from compatlab.scenario.steps import install
+from compatlab.scenario.steps import enable_verifier, install, reset_verifier
 
 __all__ = ["run_book"]
 
@@ -105,6 +106,9 @@ def _phases(vm: Session) -> None:
             if record.meaning == "failure":
                 phase.add(install_failure=record)
                 return
+            if scenario.verifier:
+                # Before the candidate's first boot: every boot with it runs verified.
+                enable_verifier(vm, scenario.verifier)
 
     with vm.phase(Phase.BOOTS):
         for n in range(1, scenario.boots + 1):
@@ -131,6 +135,8 @@ def _phases(vm: Session) -> None:
                 how = "did not exit" if code is None else f"exited {code}"
                 phase.add(rollback_failure=f"uninstaller {how}")
                 return
+            if scenario.verifier:
+                reset_verifier(vm)  # the configuration as it was: nothing verified
             vm.reboot()
             vm.boot()
             failed_checks = checks.health(vm, "after rollback")

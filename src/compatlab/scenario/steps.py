@@ -3,8 +3,9 @@
 Every command goes through :meth:`Session.call`, so a crash while it runs ends it at once and is
 recorded in the running phase. An installer's line is written by hand or built from a Windows
 package (:mod:`compatlab.installs`); a built line names the installer's log, which is read back
-after every run and kept as an artifact (:class:`InstallerLogKeeper`). None of the Windows
-lines has run on a real Windows here.
+after every run and kept as an artifact (:class:`InstallerLogKeeper`). Driver Verifier is turned
+on after the candidate's install and off again at rollback (:func:`enable_verifier`,
+:func:`reset_verifier`). None of the Windows lines has run on a real Windows here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import tenacity
 
-from compatlab.errors import GuestError, ImageError, StorageError
+from compatlab.errors import GuestError, ImageError, LabError, StorageError
+from compatlab.guest import verifier
 from compatlab.guest.installer_log import LogAnswerError, parse_answer, read_script
 from compatlab.guest.media import cached_iso
 from compatlab.guest.quoting import UnsafeValue, quote
@@ -34,9 +36,11 @@ __all__ = [
     "MOUNT_WAIT",
     "PAYLOAD_LABEL",
     "InstallerLogKeeper",
+    "enable_verifier",
     "install",
     "mount_payload",
     "must",
+    "reset_verifier",
     "run_command",
     "shell_word",
 ]
@@ -267,3 +271,33 @@ def install(
         must(vm, conventions.unmount_payload.format(path=quoted), "unmount the payload")
     vm.machine.eject_cdrom()
     return record
+
+
+# -- Driver Verifier ----------------------------------------------------------------------------
+
+
+def enable_verifier(vm: Session, drivers: tuple[str, ...]) -> None:
+    """Standard verification of ``drivers`` from the next boot: after the candidate's install,
+    before its first boot. verifier.exe's exit codes are undocumented, so its effect is read
+    back with ``/querysettings``; a driver it does not list is the lab's failure (the image's
+    Driver Verifier did not take the setting), not the candidate's."""
+    run_command(vm, verifier.enable_command(drivers), COMMAND_TIMEOUT)
+    record = run_command(vm, verifier.query_settings_command(), COMMAND_TIMEOUT)
+    missing = verifier.missing_drivers(record.stdout, drivers)
+    if missing:
+        said = (record.stderr.strip() or record.stdout.strip())[:200]
+        raise LabError(
+            f"Driver Verifier is not set up for {', '.join(missing)}: verifier /querysettings "
+            f"(exit {record.exit_code}) does not list them: {said}",
+            host=vm.lab.hypervisor.host,
+            domain=vm.machine.name,
+        )
+    vm.note(
+        "scenario", "verifier", f"standard verification from the next boot: {', '.join(drivers)}"
+    )
+
+
+def reset_verifier(vm: Session) -> None:
+    """No verification from the next boot on (rollback). Its exit code is not judged."""
+    record = run_command(vm, verifier.reset_command(), COMMAND_TIMEOUT)
+    vm.note("scenario", "verifier", f"verifier /reset: exit {record.exit_code}")
