@@ -1,13 +1,14 @@
-"""What this lab can run: hardware profiles its libvirt and QEMU cannot render.
+"""What this lab can run: hardware profiles its libvirt and QEMU cannot render, and WinRM
+transports it cannot use.
 
 Pure (no libvirt, no files, no network): the catalog and the matrix loader ask these at load, so
 what cannot run is a usage error naming the file, before anything is created -- never a failure
-of a running cell. Measured on this lab: libvirt 9.0, QEMU 7.2.
+of a running cell. Measured on this lab: libvirt 9.0, QEMU 7.2, pywinrm 0.5.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from compatlab.errors import CatalogError
 
@@ -15,9 +16,34 @@ if TYPE_CHECKING:
     from compatlab.catalog import GoldenImage, HardwareProfile
 
 __all__ = [
+    "WINRM_TRANSPORTS",
+    "WINRM_TRANSPORTS_REFUSED",
     "ProfileNotSupported",
     "check_supported",
 ]
+
+#: The WinRM transports (pywinrm's ``transport``) a cell's channel can use here. ``ntlm`` is
+#: what Windows takes over HTTP by default (with message encryption); ``basic`` only where the
+#: guest takes Basic over HTTP (the demo's WinRS stand-in: Windows refuses unencrypted Basic).
+WINRM_TRANSPORTS: Final = ("ntlm", "basic")
+#: The transports pywinrm knows that cannot work here: name -> (why, what to do instead).
+WINRM_TRANSPORTS_REFUSED: Final[dict[str, tuple[str, str]]] = {
+    "ssl": (
+        "needs WinRM over HTTPS (the guest's port 5986), and the lab reaches a guest over HTTP "
+        "through its forwarded port 5985 (compatlab.scenario.context)",
+        "use ntlm over HTTP: build the image with --keep-winrm-http "
+        "(images/recipes/windows/README.md)",
+    ),
+    "credssp": (
+        "needs the requests-credssp package, which is not installed with compatlab",
+        "use ntlm",
+    ),
+    "kerberos": (
+        "needs pykerberos and a domain controller (a KDC); lab guests are local accounts on a "
+        "forwarded port, in no domain",
+        "use ntlm",
+    ),
+}
 
 
 class ProfileNotSupported(CatalogError):

@@ -15,7 +15,12 @@ from typing import Literal, Protocol, TypeVar, cast
 
 from compatlab import files
 from compatlab._yaml import Node, load
-from compatlab.capabilities import ProfileNotSupported, check_supported
+from compatlab.capabilities import (
+    WINRM_TRANSPORTS,
+    WINRM_TRANSPORTS_REFUSED,
+    ProfileNotSupported,
+    check_supported,
+)
 from compatlab.errors import CatalogError, InputError
 from compatlab.guest.conventions import GuestConventions, parse_conventions
 from compatlab.installs import (
@@ -50,6 +55,7 @@ OsFamily = Literal["windows", "linux"]
 Firmware = Literal["bios", "uefi"]
 DiskBus = Literal["virtio", "sata", "nvme"]
 ChannelKind = Literal["winrm", "agent"]
+WinRMTransport = Literal["ntlm", "basic", "ssl", "credssp", "kerberos"]
 
 OS_FAMILIES: tuple[OsFamily, ...] = ("windows", "linux")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -96,9 +102,10 @@ class GoldenImage:
     # anchor it with ^): a second sign of a completed boot besides the guest channel. None
     # where the image prints no such line (Windows, unless the lab installs a serial logger).
     boot_complete: re.Pattern[str] | None = None
-    # How the WinRM channel authenticates (pywinrm's transport): NTLM for Windows over HTTP;
-    # "basic" for the demo's WinRS stand-in, reached on 127.0.0.1 only.
-    winrm_transport: Literal["ntlm", "basic", "ssl", "credssp", "kerberos"] = "ntlm"
+    # How the WinRM channel authenticates (pywinrm's transport, ``winrm_transport:`` in the
+    # image): NTLM for Windows over HTTP; "basic" only where the guest takes Basic over HTTP
+    # (the demo's WinRS stand-in). The loader refuses the rest, which cannot work here.
+    winrm_transport: WinRMTransport = "ntlm"
 
     @property
     def conventions(self) -> GuestConventions:
@@ -243,6 +250,21 @@ def _memory_mib(node: Node) -> int:
     return amount
 
 
+def _winrm_transport(node: Node, channel: ChannelKind) -> WinRMTransport:
+    """How the WinRM channel logs on: one of :data:`WINRM_TRANSPORTS`; the other transports
+    pywinrm knows are refused with the reason they cannot work here."""
+    if channel != "winrm":
+        raise node.error(
+            f"winrm_transport is for images with channel: winrm, not {channel}",
+            "remove it, or set channel: winrm",
+        )
+    text = node.choice((*WINRM_TRANSPORTS, *WINRM_TRANSPORTS_REFUSED), "winrm_transport")
+    if text in WINRM_TRANSPORTS_REFUSED:
+        why, hint = WINRM_TRANSPORTS_REFUSED[text]
+        raise node.error(f"winrm_transport {text} cannot work here: it {why}", hint)
+    return cast(WinRMTransport, text)
+
+
 def parse_image(path: Path) -> GoldenImage:
     root = load(path, CatalogError)
     e = root.mapping(
@@ -259,6 +281,7 @@ def parse_image(path: Path) -> GoldenImage:
             "guest",
             "uefi_vars",
             "boot_complete",
+            "winrm_transport",
         ),
     )
     base = path.parent
@@ -288,6 +311,7 @@ def parse_image(path: Path) -> GoldenImage:
         )
     if channel == "winrm" and credentials is None:
         raise root.error("a winrm image needs credentials (username and password_env or _file)")
+    transport = _winrm_transport(e["winrm_transport"], channel) if "winrm_transport" in e else None
     kernel = _path(e["kernel"], base, "kernel") if "kernel" in e else None
     initrd = _path(e["initrd"], base, "initrd") if "initrd" in e else None
     if initrd is not None and kernel is None:
@@ -313,6 +337,7 @@ def parse_image(path: Path) -> GoldenImage:
         boot_complete=_line_pattern(e["boot_complete"], "boot_complete")
         if "boot_complete" in e and not e["boot_complete"].is_null()
         else None,
+        **({"winrm_transport": transport} if transport else {}),
     )
 
 

@@ -1,4 +1,4 @@
-"""Windows payloads declared by kind and Driver Verifier settings, as loaded.
+"""Windows payloads declared by kind, WinRM transports and Driver Verifier settings, as loaded.
 
 A product or candidate may write ``install: {kind: msi, file: sensor.msi}`` instead of a command
 line: the lab builds the lines with ``compatlab.guest.windows_install``. What is checked here is
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from compatlab.catalog import parse_product
+from compatlab.catalog import GoldenImage, parse_image, parse_product
 from compatlab.errors import CatalogError, InputError, MatrixError
 from compatlab.guest.installer_log import LogAnswerError, parse_answer, read_script
 from compatlab.guest.windows_install import (
@@ -263,6 +263,66 @@ def test_a_bad_candidate_package_names_the_matrix_line(tmp_path: Path) -> None:
     with pytest.raises(MatrixError, match="'args' does not apply to an msi") as info:
         load_matrix(path, catalog_root=root)
     assert (info.value.file, info.value.line) == (path, 5)
+
+
+# -- winrm_transport ----------------------------------------------------------------------------
+
+WINDOWS_IMAGE = """\
+name: win
+os_family: windows
+build: "26100"
+disk: /nonexistent/win.qcow2
+firmware: [uefi]
+channel: winrm
+credentials: {username: lab, password_env: LAB_PASSWORD}
+"""
+
+
+def image(tmp_path: Path, extra: str = "", base: str = WINDOWS_IMAGE) -> GoldenImage:
+    path = tmp_path / "win.yaml"
+    path.write_text(base + extra, encoding="utf-8")
+    return parse_image(path)
+
+
+def test_winrm_transport_defaults_to_ntlm_and_takes_basic(tmp_path: Path) -> None:
+    assert image(tmp_path).winrm_transport == "ntlm"
+    assert image(tmp_path, "winrm_transport: ntlm\n").winrm_transport == "ntlm"
+    assert image(tmp_path, "winrm_transport: basic\n").winrm_transport == "basic"
+
+
+@pytest.mark.parametrize(
+    ("transport", "why"),
+    [
+        ("ssl", "HTTPS"),
+        ("credssp", "requests-credssp"),
+        ("kerberos", "domain controller"),
+        ("digest", "must be one of ntlm, basic, ssl, credssp, kerberos"),
+        ("[ntlm]", "must be a non-empty string"),
+    ],
+)
+def test_winrm_transports_that_cannot_work_here_are_refused(
+    tmp_path: Path, transport: str, why: str
+) -> None:
+    with pytest.raises(CatalogError, match="winrm_transport") as info:
+        image(tmp_path, f"winrm_transport: {transport}\n")
+    assert why in str(info.value)
+    assert (info.value.file, info.value.line) == (tmp_path / "win.yaml", 8)
+
+
+def test_winrm_transport_on_an_agent_image_is_refused(tmp_path: Path) -> None:
+    agent = WINDOWS_IMAGE.replace("channel: winrm", "channel: agent")
+    with pytest.raises(CatalogError, match="for images with channel: winrm") as info:
+        image(tmp_path, "winrm_transport: ntlm\n", base=agent)
+    assert info.value.line == 8
+
+
+def test_the_credssp_and_kerberos_refusals_match_the_installed_pywinrm() -> None:
+    """The refusals say what is missing; if pywinrm here gains them, the table must change."""
+    from winrm import transport
+
+    assert transport.HAVE_NTLM
+    assert not transport.HAVE_CREDSSP
+    assert not transport.HAVE_KERBEROS
 
 
 # -- scenario.verifier --------------------------------------------------------------------------
