@@ -21,12 +21,14 @@ from compatlab import files
 from compatlab.errors import InputError, MatrixError
 from compatlab.matrix import CatalogCache, Cell, Matrix, find_project_root, load_matrix
 from compatlab.model import CellResult, Verdict
+from compatlab.signals import SigtermInterrupts
 from compatlab.text import one_line
 
 __all__ = ["CellFailed", "CellItem", "MatrixFile"]
 
 _MATRICES = pytest.StashKey[dict[Path, Matrix]]()
 _SESSION = pytest.StashKey["_Session"]()
+_SIGTERM = pytest.StashKey[SigtermInterrupts]()
 _RESULT_PROPERTY = "compatlab_cell"
 # Characters of a cell's failure line on the terminal: the reason quotes guest text (a panic
 # line), which is made one printable line first -- no escape sequence of a guest's reaches it.
@@ -86,6 +88,11 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from exc
     config.stash[_MATRICES] = matrices
     config.stash[_SESSION] = _Session(config, matrices)
+    # SIGTERM (a CI job cancelled, `timeout`, `systemctl stop`) stops the run as Ctrl-C does:
+    # the cell in progress is torn down and the report keeps what finished.
+    sigterm = SigtermInterrupts()
+    if sigterm.install():
+        config.stash[_SIGTERM] = sigterm
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config.stash[_SESSION]), "compatlab-xdist")
     if not hasattr(config, "workerinput"):
@@ -99,6 +106,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = [*config.args, *(a for a in matrix_args if a not in config.args)]
     else:
         config.args = matrix_args
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    sigterm = config.stash.get(_SIGTERM, None)
+    if sigterm is not None:
+        sigterm.restore()
 
 
 @pytest.fixture
@@ -414,12 +427,14 @@ class _ControllerHooks:
             if name == _RESULT_PROPERTY:
                 self.session.sink.add(cell_from_json(json.loads(str(value))))
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.session.close()
         # No report for a session that ran no cell (collect-only, a collection error), unless
-        # it resumes a run whose report should be brought up to date.
+        # it resumes a run whose report should be brought up to date. A run stopped by Ctrl-C
+        # or SIGTERM keeps what finished, and its results.json says it is not complete.
         if self.session.sink.added or self.session.resume:
-            self.session.index = self.session.sink.finish()
+            complete = exitstatus != pytest.ExitCode.INTERRUPTED
+            self.session.index = self.session.sink.finish(complete=complete)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         index = getattr(self.session, "index", None)

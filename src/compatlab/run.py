@@ -198,8 +198,11 @@ class ReportSink:
         self.added += 1
         self.writer.add(result)
 
-    def finish(self) -> Path:
-        self.writer.finish(datetime.now(UTC))
+    def finish(self, *, complete: bool = True) -> Path:
+        """junit.xml and the HTML pages; results.json marked complete unless the run was
+        stopped before its end (it keeps the cells that finished, and says it is not)."""
+        if complete:
+            self.writer.finish(datetime.now(UTC))
         cells = self.writer.cells
         write_junit(self.report_dir, self.writer.run, cells)
         ran = {(c.matrix, c.id) for c in cells}

@@ -134,8 +134,7 @@ def _outcome(campaign: Any, name: str) -> Outcome:
 def _assert_stopped_by(outcome: Outcome, how: signal.Signals) -> FaultRun:
     run = outcome.runs["run"]
     assert run.fired[how.name] is not None, f"never signalled:\n{run.output[-3000:]}"
-    if how is signal.SIGINT:
-        assert run.returncode == 2, run.output[-3000:]  # pytest: interrupted
+    assert run.returncode == 2, run.output[-3000:]  # pytest: interrupted
     assert outcome.notes["stopped_after"] <= STOP_WITHIN, outcome.notes
     # The interrupted cell never finished: it has no verdict (a results.json, if written, is
     # whole and says the run is not complete).
@@ -161,18 +160,8 @@ def test_sigint_during_the_install_leaves_nothing(campaign: Any) -> None:
     assert outcome.leftovers == Leftovers(), outcome.leftovers
 
 
-_SIGTERM_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: nothing in src/compatlab (plugin.py, run.py) handles SIGTERM: the runner "
-    "dies at once, leaving its running domain, the cell folder and the overlay (compatlab gc "
-    "removes them once the runner is gone); SIGINT, handled as KeyboardInterrupt, cleans up",
-)
-
-
 @pytest.mark.scenario("sigterm-provisioning")
 @pytest.mark.fault("SIGTERM of the runner during provisioning")
-@_SIGTERM_BUG
 def test_sigterm_during_provisioning_leaves_nothing(campaign: Any) -> None:
     outcome = _outcome(campaign, "sigterm-provisioning")
     _assert_stopped_by(outcome, signal.SIGTERM)
@@ -181,7 +170,6 @@ def test_sigterm_during_provisioning_leaves_nothing(campaign: Any) -> None:
 
 @pytest.mark.scenario("sigterm-boots")
 @pytest.mark.fault("SIGTERM of the runner during the boots")
-@_SIGTERM_BUG
 def test_sigterm_during_the_boots_leaves_nothing(campaign: Any) -> None:
     outcome = _outcome(campaign, "sigterm-boots")
     _assert_stopped_by(outcome, signal.SIGTERM)

@@ -26,15 +26,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import signal
 import struct
-import threading
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import libvirt
@@ -43,6 +41,7 @@ from compatlab.errors import HypervisorError, LabError, StorageError
 from compatlab.lab.connection import Hypervisor, libvirt_errors
 from compatlab.lab.events import DomainWatch
 from compatlab.model import Event
+from compatlab.signals import stop_signals_deferred
 
 __all__ = [
     "CDROM_BUS",
@@ -398,7 +397,7 @@ class Machine:
             return
         self._closed = True
         failures: list[LabError] = []
-        with _sigint_deferred():
+        with stop_signals_deferred():
             if self._dom is not None:
                 try:
                     dom = self.domain
@@ -547,26 +546,6 @@ def _remove_tree(path: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C back while the body runs (main thread only), then deliver it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def remember(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-
-    previous = signal.signal(signal.SIGINT, remember)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 # -- images -----------------------------------------------------------------------------------
