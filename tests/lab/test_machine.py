@@ -4,9 +4,9 @@ The guest is the host's own kernel with a tiny busybox initramfs built here (pur
 its init loads pvpanic (so libvirt sees panics), then does what ``labaction=`` on the kernel
 command line says: ``panic`` (sysrq crash), ``reboot`` (reboot -f), anything else idles. It
 boots in ~6 s under TCG. Domain XML is written inline (minimal: q35, direct kernel boot, isa
-panic device, on_crash=preserve, serial to a file, VGA, an empty SATA cdrom at the address
-lab/domain.py gives it, no NIC); the real
-template is ``lab/domain.py``'s.
+panic device, on_crash=preserve, the serial console on a FIFO pair that the Machine's console
+reads into ``serial.log`` as the template's does, VGA, an empty SATA cdrom at the address
+lab/domain.py gives it, no NIC); the real template is ``lab/domain.py``'s.
 """
 
 from __future__ import annotations
@@ -162,7 +162,9 @@ def tiny_xml(
     domain_type: str = "qemu",
     metadata: str = "",
 ) -> str:
-    """Minimal domain for a busybox guest (stand-in for lab/domain.py's template)."""
+    """Minimal domain for a busybox guest (stand-in for lab/domain.py's template). ``serial``
+    is the log the Machine's console writes: ``<folder>/serial.log`` for FIFOs ``serial.in``
+    and ``serial.out``."""
     return f"""<domain type='{domain_type}'>
   <name>{name}</name>
   <metadata>{metadata}</metadata>
@@ -179,7 +181,7 @@ def tiny_xml(
   <on_reboot>restart</on_reboot>
   <on_crash>preserve</on_crash>
   <devices>
-    <serial type='file'><source path='{serial}'/><target port='0'/></serial>
+    <serial type='pipe'><source path='{serial.with_suffix("")}'/><target port='0'/></serial>
     <disk type='file' device='cdrom'>
       <driver name='qemu' type='raw'/><target dev='sdz' bus='sata'/><readonly/>
       <address type='drive' controller='0' bus='0' target='0' unit='5'/>
@@ -310,6 +312,34 @@ def test_power_cycle_boots_a_crashed_guest_again(
         assert m.wait({"crashed"}, timeout=BOOT_TIMEOUT) is not None
         assert m.watch.count("crashed") == 2
         assert m.watch.count("stopped", "destroyed") == 1
+
+
+def test_the_console_is_kept_whole_across_power_cycles_without_virtlogd(
+    hv: Hypervisor, guest: GuestFiles, storage: Path, domain_type: str
+) -> None:
+    """The runner reads the console itself: both boots of a power-cycled guest in one file, and
+    QEMU never hands it to virtlogd (which would rotate it at 2 MiB and lose it when it dies)."""
+    folder = cell_folder(storage)
+    serial = folder / "serial.log"
+    xml = tiny_xml(new_name(), guest, serial, action="panic", domain_type=domain_type)
+    with Machine(hv, xml, folder) as m:
+        m.start()
+        assert m.wait({"crashed"}, timeout=BOOT_TIMEOUT) is not None
+        assert wait_for_line(serial, "Kernel panic", timeout=5)
+        m.power_cycle()
+        assert m.wait({"crashed"}, timeout=BOOT_TIMEOUT) is not None
+        assert wait_for_line(serial, "Kernel panic", timeout=5, count=2)
+        text = serial.read_text(errors="replace")
+        first, second = text.split("Kernel panic", 1)
+        assert "labguest: init up" in first and "labguest: init up" in second
+        assert sorted(p.name for p in folder.glob("serial*")) == [
+            "serial.in",
+            "serial.log",
+            "serial.out",
+        ]
+        assert not any(e.kind == "console_lost" for e in m.watch.timeline.snapshot())
+        assert m.console is not None and m.console.running
+    assert m.console is not None and not m.console.running
 
 
 def test_screenshot_and_cdrom(

@@ -248,16 +248,6 @@ def test_serial_flood_report_stays_small(flood: Outcome) -> None:
 
 @pytest.mark.scenario("serial-flood")
 @pytest.mark.fault("installer floods the serial console past 2 MiB")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: libvirt 9.0 (stdio_handler=logd, the default) gives the "
-    "<serial type='file'> log of configs/templates/domain.xml.j2 to virtlogd, which rotates "
-    "it at 2 MiB (serial.log.0..2, older ones deleted); src/compatlab/lab/evidence.py "
-    "CellEvidence.keep() copies serial.log only, so the report loses everything before the "
-    "last rotation (the first boots, a first panic), and bugcheck() reads the rotated file "
-    "from an offset of the old one",
-)
 def test_a_flooding_installer_leaves_the_whole_console_in_the_report(flood: Outcome) -> None:
     run = flood.runs["run"]
     assert run.fired["installer-flooded"] is not None, f"no flood:\n{run.output[-3000:]}"

@@ -169,14 +169,6 @@ def test_virtlogd_killed_under_a_running_guest_then_no_guest_can_start(virtlogd:
 
 
 @pytest.mark.scenario("virtlogd-killed")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: libvirt 9.0 (stdio_handler=logd, the default) has virtlogd write the "
-    "<serial type='file'> log of configs/templates/domain.xml.j2; once virtlogd is gone the "
-    "running guest's console is lost -- its serial log ends at the kill -- and nothing on the "
-    "cell's timeline says so (the boot markers and any panic text after it are missing)",
-)
 def test_virtlogd_killed_the_running_guests_console_is_still_kept(virtlogd: Outcome) -> None:
     run = virtlogd.runs["run"]
     first = the_only_result(run, "virtlogd.yaml", NONE_ID)

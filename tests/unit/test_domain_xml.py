@@ -239,9 +239,11 @@ def test_every_variant_renders_the_profile(variant: Variant) -> None:
         "type": "virtio",
         "name": "org.qemu.guest_agent.0",
     }
+    # The console is a FIFO pair the runner reads (lab/console.py), not a file virtlogd writes.
     serial = only(root, "devices/serial")
-    assert serial.get("type") == "file"
-    assert only(serial, "source").attrib == {"path": str(spec.serial_log), "append": "on"}
+    assert serial.get("type") == "pipe"
+    assert only(serial, "source").attrib == {"path": str(spec.serial_log.with_suffix(""))}
+    assert root.findall("devices/serial/log") == []  # a <log> would go through virtlogd again
     assert only(root, "devices/memballoon").get("model") == "none"
 
 
@@ -510,6 +512,7 @@ def test_firmware_the_image_cannot_boot_is_refused() -> None:
         ({"on_crash": "coredump-restart"}, "on_crash"),
         ({"overlay": Path("relative/overlay.qcow2")}, "absolute"),
         ({"nvram": None}, "needs an nvram"),
+        ({"serial_log": Path("/cells/x/serial.txt")}, "must end in .log"),
     ],
 )
 def test_spec_refuses_programming_errors(change: dict[str, Any], message: str) -> None:
@@ -653,7 +656,7 @@ def test_render_for_cell_uses_the_cells_storage_paths(tmp_path: Path) -> None:
     assert only(root, "name").text == domain_name("run-7", cell)
     assert only(root, "devices/disk[@device='disk']/source").get("file") == str(storage.overlay)
     assert only(root, "os/nvram").text == str(storage.nvram)
-    assert only(root, "devices/serial/source").get("path") == str(storage.serial_log)
+    assert only(root, "devices/serial/source").get("path") == str(storage.folder / "serial")
     assert parse_cell_metadata(
         ET.tostring(only(root, "metadata/c:cell"), encoding="unicode")
     ) == CellMetadata(run="run-7", cell=cell, controller=OWNER)

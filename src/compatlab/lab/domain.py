@@ -91,6 +91,8 @@ class DomainSpec:
     image: GoldenImage
     hardware: HardwareProfile
     overlay: Path
+    #: Where the runner keeps the serial console (``lab/console.py``): ``<base>.log``, with the
+    #: FIFOs QEMU writes and reads beside it (:attr:`console`).
     serial_log: Path
     #: Who owns the domain, for the reaper (``lab/reaper.py`` reads it back).
     metadata: CellMetadata
@@ -124,10 +126,18 @@ class DomainSpec:
         ):
             if path is not None and not path.is_absolute():
                 raise ValueError(f"{what} must be an absolute path, not {path}")
+        if self.serial_log.suffix != ".log":
+            raise ValueError(f"serial_log must end in .log, not {self.serial_log.name}")
         if self.hardware.firmware == "uefi" and self.nvram is None:
             raise ValueError("a UEFI domain needs an nvram path")
         if self.hardware.firmware == "bios" and self.nvram is not None:
             raise ValueError("a BIOS domain has no nvram")
+
+    @property
+    def console(self) -> Path:
+        """The serial console's FIFO pair without its ``.in``/``.out``: the serial log's path
+        without ``.log`` (``lab/console.py`` finds the log from it)."""
+        return self.serial_log.with_suffix("")
 
 
 def domain_name(run_id: str, cell_id: str) -> str:

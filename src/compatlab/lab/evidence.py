@@ -7,7 +7,11 @@ with the VM) into the run's report folder before the VM goes.
 The serial log is the guest's to fill: a boot loop or a flooding console makes it hundreds of
 MiB. It is read as a stream (:func:`serial_lines`), never whole: from an offset, at most its
 last :data:`SERIAL_WINDOW` bytes, one line of at most :data:`SERIAL_LINE` bytes at a time. A
-panic is the last thing a kernel prints, so the window holds the crash just seen.
+panic is the last thing a kernel prints, so the window holds the crash just seen. The runner
+writes the log itself, from the first byte, as one file (``lab/console.py``): its offsets are
+those of the whole console, and it keeps its head and its newest
+:data:`~compatlab.lab.console.TAIL_BYTES` (more than the window), so the window is always there.
+The report gets head, a marker of what was dropped, and tail (:func:`keep_serial_log`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from compatlab.bugcheck import PANIC_WORDS, find_hyperv_panic, parse_linux_panic
 from compatlab.catalog import OsFamily
 from compatlab.errors import CompatlabError
+from compatlab.lab.console import keep_serial_log
 from compatlab.lab.machine import Machine
 from compatlab.lab.storage import CellStorage
 from compatlab.model import Bugcheck
@@ -44,11 +49,11 @@ def serial_lines(
 
     When more than ``window`` bytes follow ``offset``, only the last ``window`` are read, from
     the first line that starts in them. A line longer than ``line_limit`` is cut there (and
-    comes without its newline). Only what the file held when the call started is read: QEMU
-    appending meanwhile does not make it longer. Memory is a chunk of :data:`_CHUNK` bytes and
-    its lines, whatever the file's size. With ``containing``, only the lines that contain one of
-    those strings come, found a chunk at a time (a flooded log is skipped at the speed of
-    ``str.find``, not of a Python loop). Raises OSError when the file cannot be opened.
+    comes without its newline). Only what the file held when the call started is read: the
+    console appending meanwhile does not make it longer. Memory is a chunk of :data:`_CHUNK`
+    bytes and its lines, whatever the file's size. With ``containing``, only the lines that
+    contain one of those strings come, found a chunk at a time (a flooded log is skipped at the
+    speed of ``str.find``, not of a Python loop). Raises OSError when the file cannot be opened.
     """
     with path.open("rb") as handle:
         end = handle.seek(0, os.SEEK_END)
@@ -163,12 +168,14 @@ class CellEvidence:
             self.machine.screenshot(self.storage.screenshot(name))
 
     def keep(self) -> dict[str, str]:
-        """Copy the serial log and screenshots into the report; their paths, for artifacts."""
+        """Copy the serial log (the whole console, or its head and tail with a marker between:
+        :func:`~compatlab.lab.console.keep_serial_log`) and screenshots into the report; their
+        paths, for artifacts."""
         self.folder.mkdir(parents=True, exist_ok=True)
         relative = self.folder.relative_to(self.report_dir).as_posix()
         artifacts: dict[str, str] = {}
         if self.storage.serial_log.exists():
-            shutil.copyfile(self.storage.serial_log, self.folder / "serial.log")
+            keep_serial_log(self.storage.serial_log, self.folder / "serial.log")
             artifacts["serial_log"] = f"{relative}/serial.log"
         shots = sorted(self.storage.screenshots.glob("*.png"), key=lambda p: p.stat().st_mtime)
         for shot in shots:

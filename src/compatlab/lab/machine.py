@@ -17,8 +17,12 @@ crashed TCG guest took 1.4-2.1 s and creating it 0.7-1.1 s here (2.8 s in the la
 35 ms for reset + resume; a clean event count is worth it.
 
 Screenshots: QEMU 7.2 under libvirt 9.0 answers ``virDomainScreenshot`` with ``image/png``;
-older QEMUs answer PPM, which is converted to PNG here (pure Python, zlib) so the report can
-show it.
+older QEMUs answer PPM, which is converted to PNG (``lab/console.py``) so the report can show it.
+
+The serial console: a domain whose XML has a ``<serial type='pipe'>`` (the template's) gets a
+:class:`~compatlab.lab.console.SerialConsole`, opened before the domain first starts -- so the
+guest's first byte is kept -- and closed after the domain is destroyed, by :meth:`Machine.close`:
+its thread never outlives the Machine.
 """
 
 from __future__ import annotations
@@ -26,11 +30,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import struct
 import xml.etree.ElementTree as ET
-import zlib
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,7 +40,16 @@ import libvirt
 
 from compatlab.errors import HypervisorError, LabError, StorageError
 from compatlab.lab.connection import Hypervisor, libvirt_errors
+from compatlab.lab.console import (
+    Screenshot,
+    SerialConsole,
+    console_pipe,
+    grab_screen,
+    ppm_to_png,
+    save_screen,
+)
 from compatlab.lab.events import DomainWatch
+from compatlab.lab.states import DomainState
 from compatlab.model import Event
 from compatlab.signals import stop_signals_deferred
 
@@ -76,81 +86,11 @@ _UNDEFINE_FALLBACK = (
 )
 
 
-def _words(text: str) -> list[str]:
-    """Space-separated names, listed in libvirt's numbering (one line beats one per line)."""
-    return text.split()
-
-
-# virDomainState numbers -> (state, reasons by reason number), as in libvirt-domain.h.
-_STATES: dict[int, tuple[str, list[str]]] = {
-    0: ("nostate", ["unknown"]),
-    1: (
-        "running",
-        _words(
-            "unknown booted migrated restored from_snapshot unpaused migration_canceled "
-            "save_canceled wakeup crashed postcopy postcopy_failed"
-        ),
-    ),
-    2: ("blocked", ["unknown"]),
-    3: (
-        "paused",
-        _words(
-            "unknown user migration save dump ioerror watchdog from_snapshot shutting_down "
-            "snapshot crashed starting_up postcopy postcopy_failed api_error"
-        ),
-    ),
-    4: ("shutdown", ["unknown", "user"]),
-    5: (
-        "shutoff",
-        _words("unknown shutdown destroyed crashed migrated saved failed from_snapshot daemon"),
-    ),
-    6: ("crashed", ["unknown", "panicked"]),
-    7: ("pmsuspended", ["unknown"]),
-}
-
-
-@dataclass(frozen=True)
-class DomainState:
-    """``virDomainGetState`` in words: ``state`` (running, paused, crashed, ...) and ``reason``."""
-
-    state: str
-    reason: str
-    code: int
-    reason_code: int
-
-    @classmethod
-    def from_libvirt(cls, code: int, reason_code: int) -> DomainState:
-        name, reasons = _STATES.get(code, (f"state-{code}", []))
-        reason = reasons[reason_code] if 0 <= reason_code < len(reasons) else "unknown"
-        return cls(name, reason, code, reason_code)
-
-    @property
-    def is_active(self) -> bool:
-        """A QEMU process exists (anything but shut off)."""
-        return self.state not in ("shutoff", "nostate")
-
-    @property
-    def is_crashed(self) -> bool:
-        """Crashed, or paused because of a crash (``on_crash=preserve``)."""
-        return self.state == "crashed" or (self.state == "paused" and self.reason == "crashed")
-
-
-@dataclass(frozen=True)
-class Screenshot:
-    """A console picture written to ``path``: always PNG when libvirt gave PNG or PPM."""
-
-    path: Path
-    mime: str  # of the file written
-    source_mime: str  # what libvirt returned
-    width: int
-    height: int
-
-
 class Machine:
     """One cell's domain on one hypervisor. Use as ``with Machine(hv, xml, folder) as m:``.
 
-    ``storage_dir`` is the cell's folder (overlay, NVRAM, ISOs, serial log); it is deleted on
-    exit. ``epoch`` is the cell's t=0 on the ``time.monotonic()`` clock (default: now).
+    ``storage_dir`` is the cell's folder (overlay, NVRAM, ISOs, serial console); it is deleted
+    on exit. ``epoch`` is the cell's t=0 on the ``time.monotonic()`` clock (default: now).
     """
 
     def __init__(
@@ -168,6 +108,11 @@ class Machine:
         self.name = _domain_name(xml, hypervisor.host)
         self.log_path = log_dir / f"{self.name}.log"
         self.watch: DomainWatch = hypervisor.events.watch(self.name, epoch=epoch)
+        pipe = console_pipe(xml)
+        #: The serial console's reader; None without a FIFO console, or on a remote hypervisor.
+        self.console = (
+            SerialConsole(pipe, self.watch) if pipe is not None and hypervisor.is_local else None
+        )
         self._dom: Any = None
         self._dom_generation = 0  # hypervisor.reconnects when _dom was looked up
         self._log_offset: int | None = None
@@ -235,8 +180,7 @@ class Machine:
         self.define()
         if self._log_offset is None:
             self._log_offset = self._log_size()
-        with self._call("starting the domain"):
-            self.domain.create()
+        self._create("starting the domain")
 
     def power_cycle(self) -> None:
         """Cold restart: destroy (if running, crashed or paused) and create again.
@@ -245,8 +189,7 @@ class Machine:
         for why this is not ``virDomainReset``).
         """
         self.destroy()
-        with self._call("starting the domain again"):
-            self.domain.create()
+        self._create("starting the domain again")
 
     def reset(self) -> None:
         """Hard reset, like the reset button. Does not restart a crashed (paused) guest."""
@@ -316,35 +259,14 @@ class Machine:
 
     def screenshot(self, path: Path) -> Screenshot:
         """Write the console to ``path`` as PNG (PPM from older QEMUs is converted)."""
-        chunks: list[bytes] = []
-
-        def sink(_stream: Any, data: bytes, _opaque: object) -> int:
-            chunks.append(data)
-            return len(data)
-
         with self._call("taking a screenshot"):
-            stream = self.hypervisor.connection.newStream(0)
-            try:
-                mime = str(self.domain.screenshot(stream, 0))
-                stream.recvAll(sink, None)
-                stream.finish()
-            except BaseException:
-                with contextlib.suppress(libvirt.libvirtError):
-                    stream.abort()
-                raise
-        data = b"".join(chunks)
-        out_mime = mime
-        if mime in ("image/x-portable-pixmap", "image/x-portable-anymap"):
-            data, out_mime = ppm_to_png(data), "image/png"
-        width, height = _png_size(data) if out_mime == "image/png" else (0, 0)
+            data, mime = grab_screen(self.hypervisor.connection, self.domain)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            return save_screen(data, mime, path)
         except OSError as exc:
             raise StorageError(
                 f"writing screenshot {path}: {exc}", host=self.host, domain=self.name
             ) from exc
-        return Screenshot(path=path, mime=out_mime, source_mime=mime, width=width, height=height)
 
     def insert_cdrom(self, iso: Path) -> None:
         """Put ``iso`` into the domain's empty cdrom drive (target ``sdz``), live and in config."""
@@ -409,6 +331,8 @@ class Machine:
                     except LabError as exc:
                         failures.append(exc)
                 self._dom = None
+            if self.console is not None:
+                self.console.close()  # QEMU is gone: what it wrote last is in the log now
             if self.hypervisor.is_open:
                 self.hypervisor.events.unwatch(self.name)
             if self.storage_dir is not None:
@@ -442,6 +366,13 @@ class Machine:
             raise HypervisorError(
                 f"{what}: {exc.message}", host=exc.host or self.host, domain=self.name
             ) from (exc.__cause__ or exc)
+
+    def _create(self, what: str) -> None:
+        # The console reads before QEMU writes: the guest's first byte is kept.
+        if self.console is not None:
+            self.console.open()
+        with self._call(what):
+            self.domain.create()
 
     def _change_media(self, iso: Path | None) -> None:
         # Start from the drive's own <disk> element: libvirt refuses an update whose address
@@ -546,71 +477,3 @@ def _remove_tree(path: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-# -- images -----------------------------------------------------------------------------------
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-    )
-
-
-def _ppm_tokens(data: bytes, count: int) -> tuple[list[bytes], int]:
-    """The first ``count`` header tokens of a PNM file and where the pixels start."""
-    tokens: list[bytes] = []
-    pos = 0
-    while len(tokens) < count:
-        while pos < len(data) and data[pos : pos + 1].isspace():
-            pos += 1
-        if data[pos : pos + 1] == b"#":
-            while pos < len(data) and data[pos : pos + 1] not in (b"\n", b"\r"):
-                pos += 1
-            continue
-        start = pos
-        while pos < len(data) and not data[pos : pos + 1].isspace():
-            pos += 1
-        if start == pos:
-            raise ValueError("truncated PPM header")
-        tokens.append(data[start:pos])
-    return tokens, pos + 1  # exactly one whitespace byte separates header and pixels
-
-
-def ppm_to_png(data: bytes) -> bytes:
-    """Convert a binary PPM (P6, 8- or 16-bit) to an RGB PNG, with only zlib."""
-    tokens, start = _ppm_tokens(data, 4)
-    if tokens[0] != b"P6":
-        raise ValueError(f"not a binary PPM (magic {tokens[0]!r})")
-    width, height, maxval = (int(t) for t in tokens[1:])
-    if not (0 < maxval < 65536) or width <= 0 or height <= 0:
-        raise ValueError("bad PPM dimensions")
-    sample = 1 if maxval < 256 else 2
-    stride = width * 3 * sample
-    pixels = data[start : start + stride * height]
-    if len(pixels) != stride * height:
-        raise ValueError("truncated PPM pixels")
-    if sample == 2:
-        values = struct.unpack(f">{width * 3 * height}H", pixels)
-        pixels = bytes(v * 255 // maxval for v in values)
-        stride = width * 3
-    elif maxval != 255:
-        pixels = bytes(v * 255 // maxval for v in pixels)
-    raw = b"".join(b"\x00" + pixels[y * stride : (y + 1) * stride] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(raw, 6))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _png_size(data: bytes) -> tuple[int, int]:
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        return (0, 0)
-    width, height = struct.unpack(">II", data[16:24])
-    return (int(width), int(height))

@@ -3,15 +3,17 @@
 The guest channel answering is the first sign of a completed boot; a candidate that breaks the
 agent (or WinRM) takes that sign away while the OS itself is up. Many images also print a line
 on their serial console when they have finished booting (the image's ``boot_complete``
-pattern). A :class:`SerialWatch` tails the cell's serial log -- the file QEMU appends the
-console to -- on its own thread, and records each matching line on the domain's watch as a
-``serial``/``boot_marker`` event, so the runner learns of it the same way it learns of a crash.
+pattern). A :class:`SerialWatch` tails the cell's serial log -- the file the runner's console
+reader (``lab/console.py``) appends the guest's console to -- on its own thread, and records
+each matching line on the domain's watch as a ``serial``/``boot_marker`` event, so the runner
+learns of it the same way it learns of a crash. Where the console reader dropped the middle of
+a flooded log, the file reads as zeros there (a hole): no line, no marker, offsets unchanged.
 
 The log is read incrementally from the last offset, in bounded chunks: a boot loop's 300 MiB
 log never lands in memory, and a line longer than :data:`MAX_LINE` bytes is cut. A log that
 does not exist yet is waited for; one that shrinks or is replaced is read again from its start.
-A marker is seen within :data:`POLL_INTERVAL` of QEMU writing it -- so a marker printed just
-before the guest reset itself can land on the timeline *after* that reset's event. Its
+A marker is seen within :data:`POLL_INTERVAL` of the guest printing it -- so a marker printed
+just before the guest reset itself can land on the timeline *after* that reset's event. Its
 ``offset`` says which boot printed it: compare it with the log's size when the reset was seen
 (``CellEvidence.serial_size()``). Like the event callbacks, the thread never raises: an error is
 logged and the next poll tries again.
@@ -143,7 +145,7 @@ class SerialWatch:
         try:
             handle = self.path.open("rb")
         except FileNotFoundError:
-            return  # QEMU has not created it yet, or the cell's storage is gone
+            return  # the console has not created it yet, or the cell's storage is gone
         with handle:
             status = os.fstat(handle.fileno())
             if self._inode is not None and status.st_ino != self._inode:
