@@ -29,9 +29,8 @@ WINRM_TRANSPORTS: Final = ("ntlm", "basic")
 #: The transports pywinrm knows that cannot work here: name -> (why, what to do instead).
 WINRM_TRANSPORTS_REFUSED: Final[dict[str, tuple[str, str]]] = {
     "ssl": (
-        "needs WinRM over HTTPS (the guest's port 5986), and the lab reaches a guest over HTTP "
-        "through its forwarded port 5985 (compatlab.scenario.context)",
-        "use ntlm over HTTP: build the image with --keep-winrm-http "
+        "is Basic authentication over HTTPS, which Windows's WinRM service refuses by default",
+        "use ntlm; for HTTPS, name the guest's certificate in winrm_certificate "
         "(images/recipes/windows/README.md)",
     ),
     "credssp": (

@@ -106,6 +106,10 @@ class GoldenImage:
     # image): NTLM for Windows over HTTP; "basic" only where the guest takes Basic over HTTP
     # (the demo's WinRS stand-in). The loader refuses the rest, which cannot work here.
     winrm_transport: WinRMTransport = "ntlm"
+    # WinRM over HTTPS (the guest's port 5986), the server certificate checked against this PEM
+    # (the guest's own self-signed certificate, or the lab CA's) -- ``winrm_certificate:`` in
+    # the image. None: HTTP on 5985, NTLM's message encryption protecting the traffic.
+    winrm_certificate: Path | None = None
 
     @property
     def conventions(self) -> GuestConventions:
@@ -282,6 +286,7 @@ def parse_image(path: Path) -> GoldenImage:
             "uefi_vars",
             "boot_complete",
             "winrm_transport",
+            "winrm_certificate",
         ),
     )
     base = path.parent
@@ -312,6 +317,14 @@ def parse_image(path: Path) -> GoldenImage:
     if channel == "winrm" and credentials is None:
         raise root.error("a winrm image needs credentials (username and password_env or _file)")
     transport = _winrm_transport(e["winrm_transport"], channel) if "winrm_transport" in e else None
+    certificate = None
+    if "winrm_certificate" in e:
+        if channel != "winrm":
+            raise e["winrm_certificate"].error(
+                f"winrm_certificate is for images with channel: winrm, not {channel}",
+                "remove it, or set channel: winrm",
+            )
+        certificate = _path(e["winrm_certificate"], base, "winrm_certificate")
     kernel = _path(e["kernel"], base, "kernel") if "kernel" in e else None
     initrd = _path(e["initrd"], base, "initrd") if "initrd" in e else None
     if initrd is not None and kernel is None:
@@ -338,6 +351,7 @@ def parse_image(path: Path) -> GoldenImage:
         if "boot_complete" in e and not e["boot_complete"].is_null()
         else None,
         **({"winrm_transport": transport} if transport else {}),
+        winrm_certificate=certificate,
     )
 
 

@@ -472,3 +472,26 @@ def test_the_read_script_quotes_the_path_for_powershell() -> None:
     assert "$limit = 1024" in script and "%" not in script.replace("$start % 2", "")
     with pytest.raises(ValueError, match="control character"):
         read_script("C:\\a\nb.log")
+
+
+def test_winrm_certificate_means_https_on_5986_checked_against_it(tmp_path: Path) -> None:
+    from compatlab.scenario.context import needs_network, winrm_port
+
+    (tmp_path / "winrm-https.pem").write_text("not read at load\n")
+    https = image(tmp_path, "winrm_certificate: winrm-https.pem\n")
+    assert https.winrm_certificate == tmp_path / "winrm-https.pem"
+    assert image(tmp_path).winrm_certificate is None
+
+    class _Cell:
+        def __init__(self, image: GoldenImage) -> None:
+            self.image = image
+
+    assert winrm_port(_Cell(https)) == 5986  # type: ignore[arg-type]
+    assert needs_network(_Cell(https)) == (5986,)  # type: ignore[arg-type]
+    assert needs_network(_Cell(image(tmp_path))) == (5985,)  # type: ignore[arg-type]
+
+
+def test_winrm_certificate_on_an_agent_image_is_refused_naming_the_line(tmp_path: Path) -> None:
+    agent = WINDOWS_IMAGE.replace("channel: winrm", "channel: agent")
+    with pytest.raises(CatalogError, match=r"win\.yaml:8:.*winrm_certificate is for images"):
+        image(tmp_path, "winrm_certificate: c.pem\n", base=agent)

@@ -811,3 +811,46 @@ def test_the_guests_shutdown_understands_windows_switches(
     )
     assert done.stdout == f"{mode}\n"
     assert console.read_text() == f"compatlab-guest: shutdown requested ({mode})\n"
+
+
+# -- HTTPS, as Windows's listener on 5986 ------------------------------------------------------
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, as the Windows recipe makes one."""
+    cert, key = folder / "winrm-https.pem", folder / "winrm-https.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=compatlab-test", "-keyout", str(key), "-out", str(cert)),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("transport", ["ntlm", "basic"])
+def test_winrm_over_https_checks_the_guests_certificate(
+    tmp_path: Path, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a cell whose image names ``winrm_certificate`` does: HTTPS to the forwarded port,
+    the server's certificate validated against that PEM. The server is the stand-in with TLS
+    (Python's ssl), not Windows; the client side is pywinrm's, as for a Windows guest."""
+    monkeypatch.setenv(PASSWORD_ENV, SECRET)
+    cert, key = _self_signed(tmp_path)
+    with responder(tmp_path / "tls", "--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        trusting = make_channel(
+            server, transport=transport, scheme="https", ca_trust_path=str(cert)
+        )
+        result = trusting.run("echo over-tls", timeout=30)
+        assert (result.exit_code, result.stdout) == (0, "over-tls\n")
+        (tmp_path / "other").mkdir()
+        other_cert, _ = _self_signed(tmp_path / "other")  # same names, another key
+        doubting = make_channel(
+            server, transport=transport, scheme="https", ca_trust_path=str(other_cert)
+        )
+        with pytest.raises(GuestError, match=r"(?i)certificate"):
+            doubting.run("echo never", timeout=10)
+        assert "never" not in server.log_text()

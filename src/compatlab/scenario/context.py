@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from compatlab.errors import LabError
+from compatlab.errors import ImageError, LabError
 from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
 from compatlab.lab.connection import Hypervisor
@@ -67,13 +67,19 @@ class ChannelFactory(Protocol):
     def __call__(self, cell: Cell, machine: Machine, forwards: tuple[Forward, ...]) -> Channel: ...
 
 
-#: The guest port a WinRM channel talks to (HTTP; the image's listener).
+#: The guest ports a WinRM channel talks to: Windows's HTTP listener, and its HTTPS listener
+#: (images that name a ``winrm_certificate``).
 WINRM_PORT = 5985
+WINRM_HTTPS_PORT = 5986
+
+
+def winrm_port(cell: Cell) -> int:
+    return WINRM_HTTPS_PORT if cell.image.winrm_certificate is not None else WINRM_PORT
 
 
 def needs_network(cell: Cell) -> tuple[int, ...]:
     """The guest ports the cell's channel needs forwarded from 127.0.0.1 (none for the agent)."""
-    return (WINRM_PORT,) if cell.image.channel == "winrm" else ()
+    return (winrm_port(cell),) if cell.image.channel == "winrm" else ()
 
 
 def default_channel(cell: Cell, machine: Machine, forwards: tuple[Forward, ...]) -> Channel:
@@ -83,16 +89,27 @@ def default_channel(cell: Cell, machine: Machine, forwards: tuple[Forward, ...])
         return AgentChannel(machine.domain, os_family=cell.os_family)
     from compatlab.guest.winrm import WinRMChannel
 
-    port = next((f.host_port for f in forwards if f.guest_port == WINRM_PORT), None)
+    guest_port = winrm_port(cell)
+    port = next((f.host_port for f in forwards if f.guest_port == guest_port), None)
     if port is None or cell.image.credentials is None:
         raise LabError(
             "a WinRM cell needs a forwarded port and the image's credentials", host=machine.host
+        )
+    certificate = cell.image.winrm_certificate
+    if certificate is not None and not certificate.is_file():
+        raise ImageError(
+            f"image {cell.image.name}: its WinRM certificate {certificate} does not exist "
+            "(the Windows recipe writes it beside the disk: winrm-https.pem)",
+            host=machine.host,
         )
     return WinRMChannel(
         "127.0.0.1",
         port,
         cell.image.credentials,
         transport=cell.image.winrm_transport,
+        scheme="https" if certificate is not None else "http",
+        server_cert_validation="validate",
+        ca_trust_path=str(certificate) if certificate is not None else None,
         domain=machine.name,
     )
 

@@ -59,6 +59,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from string import Template
 
+if False:  # for type checkers only (no typing import: startup time under TCG counts here)
+    import ssl
+
 NAME = "compatlab-winrs-standin"
 VERSION = "1.0"
 
@@ -1387,7 +1390,9 @@ class Service:
         account: Account,
         auth: frozenset[str],
         log: Callable[[str], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls  # an ssl.SSLContext: HTTPS, as Windows's listener on 5986
         self.standin = standin
         self.account = account
         self.auth = auth
@@ -1424,6 +1429,13 @@ class Service:
         state = _Connection(peer)
         conn.settimeout(IDLE_TIMEOUT)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError as exc:  # ssl.SSLError is an OSError: a client that did not speak TLS
+                self.log(f"{peer}: TLS handshake failed: {exc}")
+                conn.close()
+                return
         try:
             with conn, conn.makefile("rb") as rfile:
                 while True:
@@ -1683,6 +1695,8 @@ Shell subset pywinrm uses) that runs commands with /bin/sh. Not Windows.
   --shell PATH               the shell commands run with (default /bin/sh)
   --workdir DIR              a shell's default working directory (default: ~)
   --auth basic,ntlm          the HTTP authentication offered (default both)
+  --tls-cert FILE            serve HTTPS with this PEM certificate (chain) ...
+  --tls-key FILE             ... and its PEM private key (as Windows's listener on 5986)
   --announce FILE            once listening, also append a line saying so to FILE
   --max-shells N             concurrent shells (default 30, as Windows' MaxShellsPerUser)
   --idle-timeout SECONDS     a shell nobody uses is deleted after this (default 7200)
@@ -1696,6 +1710,8 @@ _VALUED = {
     "--shell": "/bin/sh",
     "--workdir": "",
     "--auth": "basic,ntlm",
+    "--tls-cert": "",
+    "--tls-key": "",
     "--announce": "",
     "--max-shells": "30",
     "--idle-timeout": "7200",
@@ -1769,7 +1785,22 @@ def main(argv: list[str] | None = None) -> int:
         max_operation_timeout=numbers[2],
         log=_log,
     )
-    service = Service(host.strip("[]") or "0.0.0.0", listen_port, standin, account, auth, _log)
+    tls = None
+    if values["--tls-cert"] or values["--tls-key"]:
+        if not (values["--tls-cert"] and values["--tls-key"]):
+            sys.stderr.write("compatlab-winrs: error: --tls-cert and --tls-key go together\n")
+            return 2
+        import ssl  # only here: the HTTP-only stand-in in the tiny guest never loads it
+
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            tls.load_cert_chain(values["--tls-cert"], values["--tls-key"])
+        except (OSError, ssl.SSLError) as exc:
+            sys.stderr.write(f"compatlab-winrs: error: cannot load the TLS certificate: {exc}\n")
+            return 2
+    service = Service(
+        host.strip("[]") or "0.0.0.0", listen_port, standin, account, auth, _log, tls
+    )
 
     def stop(signum: int, frame: object) -> None:
         service.stop()
@@ -1787,7 +1818,8 @@ def main(argv: list[str] | None = None) -> int:
     # The first stdout line says where it listens (tests read the port from it).
     print(
         f"{NAME} {VERSION} listening on {bound_host}:{bound_port} "
-        f"(auth: {', '.join(sorted(auth))}; shell: {values['--shell']})",
+        f"({'https' if tls else 'http'}; auth: {', '.join(sorted(auth))}; "
+        f"shell: {values['--shell']})",
         flush=True,
     )
     _log(f"listening on {bound_host}:{bound_port}; a stand-in for Windows's WinRM service")
