@@ -222,6 +222,63 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- worker ---------------------------------------------------------------------------------------
+
+
+def _add_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "worker", help="run this hypervisor host's cells for a lab's Dask scheduler"
+    )
+    parser.add_argument("--scheduler", required=True, help="the scheduler, tcp://HOST:PORT")
+    parser.add_argument("--vcpus", type=int, help="vCPUs its VMs may use (default: its CPUs)")
+    parser.add_argument("--memory", type=int, help="MiB its VMs may use (default: available)")
+    parser.add_argument(
+        "--storage", type=Path, default=Path("/var/lib/compatlab"), help="cells' folder root"
+    )
+    parser.add_argument("--labels", default="", help="what the host offers, e.g. kvm,tpm")
+    parser.add_argument("--uri", default="qemu:///system", help="the local libvirt URI")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--name", help="the worker's name (default HOSTNAME-PID)")
+    parser.add_argument("--attempts", type=int, default=2, help="tries of a cell the lab failed")
+    parser.add_argument(
+        "--project", type=Path, default=Path.cwd(), help="compatlab checkout (its templates)"
+    )
+    parser.add_argument(
+        "--preload", action="append", default=[], help="a module Dask loads into the worker"
+    )
+    parser.set_defaults(handler=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from compatlab.capacity import Capacity, machine_capacity
+    from compatlab.engine.worker import serve
+
+    labels = frozenset(label.strip() for label in args.labels.split(",") if label.strip())
+    machine = machine_capacity(labels=labels)
+    try:
+        capacity = Capacity(
+            vcpus=args.vcpus or machine.vcpus,
+            memory_mib=args.memory or machine.memory_mib,
+            labels=labels,
+        )
+    except ValueError as exc:
+        print(f"compatlab worker: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return serve(
+        scheduler=args.scheduler,
+        capacity=capacity,
+        storage=args.storage.resolve(),
+        uri=args.uri,
+        project=args.project,
+        host=args.host,
+        name=args.name,
+        preload=args.preload,
+        attempts=args.attempts,
+    )
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 #: Subcommands, in --help order. Add yours here (images build, report, signoff, gc).
@@ -230,6 +287,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser
     _add_xml,
     _add_report,
     _add_gc,
+    _add_worker,
 )
 
 

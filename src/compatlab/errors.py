@@ -123,6 +123,11 @@ class StorageError(LabError):
     """A cell's overlay disk, payload ISO or firmware state could not be made."""
 
 
+class RunStopped(LabError):
+    """The run is stopping (Ctrl-C, SIGTERM, ``-x``) while this cell runs on another thread of
+    the runner: the cell's VM is torn down and nothing is decided about the candidate."""
+
+
 class GuestError(CompatlabError):
     """A channel into a running guest failed (not the guest's verdict: that is observed)."""
 

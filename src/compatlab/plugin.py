@@ -8,7 +8,6 @@ started; each cell then becomes one :class:`CellItem` named
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from compatlab import files
 from compatlab.errors import InputError, MatrixError
 from compatlab.matrix import CatalogCache, Cell, Matrix, find_project_root, load_matrix
 from compatlab.model import CellResult, Verdict
+from compatlab.progress import Progress
 from compatlab.signals import SigtermInterrupts
 from compatlab.text import one_line
 
@@ -55,6 +55,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         default=None,
         help="lab hosts file (default configs/lab.yaml, else the local hypervisor)",
+    )
+    group.addoption(
+        "--matrix-scheduler",
+        metavar="ADDR",
+        default=None,
+        help="run the cells on a lab's Dask scheduler (tcp://HOST:PORT), whose workers are "
+        "`compatlab worker`s (default: scheduler: in configs/lab.yaml, else an engine embedded "
+        "in this process, running cells side by side up to the host's capacity)",
     )
     group.addoption(
         "--matrix-resume",
@@ -144,6 +152,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=checks)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = session.config.stash.get(_SESSION, None)
+    if state is None:
+        return
+    state.cells = [
+        item.cell
+        for item in session.items
+        if isinstance(item, CellItem)
+        and (str(item.cell.matrix), item.cell.id) not in state.finished_before
+    ]
+
+
 class MatrixCheck:
     """A user's check function, called in a cell with ``guest`` and ``cell``."""
 
@@ -212,11 +232,14 @@ class CellItem(pytest.Item):
         done = session.finished_before.get((str(self.cell.matrix), self.cell.id))
         if done is not None:
             pytest.skip(f"finished in the resumed run: {done}")
-        run = session.lab_run()
+        queue = session.queue()
+        # Every selected cell goes to the engine at the first item; this one waits for its own.
+        queue.submit([c for c in session.cells if c is not None])
+        progress = session.lab_run().progress
         try:
-            result = run.run(self.cell)
+            result = queue.wait(self.cell, tick=progress.render)
         finally:
-            run.progress.clear()
+            progress.clear()
         self.user_properties.append((_RESULT_PROPERTY, json.dumps(result.as_json())))
         if result.verdict is not Verdict.PASS:
             raise CellFailed(result)
@@ -300,6 +323,11 @@ class _Session:
         first = next(iter(matrices.values()))
         self.template_dir = find_template_dir(find_project_root(first.path.parent))
         self._run: Any = None
+        self._queue: Any = None
+        #: The selected cells, in item order (set when collection finishes), minus those a
+        #: resumed run finished already.
+        self.cells: list[Cell] = []
+        self.scheduler = config.getoption("matrix_scheduler") or self.settings.scheduler
         self.sink: Any = None
         self.index: Path | None = None
         self.checks: list[MatrixCheck] = []
@@ -335,70 +363,34 @@ class _Session:
                 report_dir=self.report_dir,
                 template_dir=self.template_dir,
                 settings=self.settings,
-                progress=_Progress(self.config),
+                progress=Progress(self.config),
                 checks=lambda channel, cell: [check(channel, cell) for check in self.checks],
             )
         return self._run
 
+    def queue(self) -> Any:
+        if self._queue is None:
+            from compatlab.engine.queue import CellQueue, default_capacity, xdist_share
+
+            if self.scheduler and self.checks:
+                raise pytest.UsageError(
+                    "matrix checks (tests marked matrix) run only on the engine embedded in "
+                    f"this process, not on the workers of {self.scheduler}"
+                )
+            self._queue = CellQueue(
+                self.lab_run(),
+                report_dir=self.report_dir,
+                scheduler=self.scheduler,
+                capacity=default_capacity(self.settings.capacity, share=xdist_share()),
+            )
+        return self._queue
+
     def close(self) -> None:
+        if self._queue is not None:
+            # Cells still running now were cut short (Ctrl-C, SIGTERM, -x): their VMs go.
+            self._queue.close(stop=True)
         if self._run is not None:
             self._run.close()
-
-
-class _Progress:
-    """Each running cell's phase, on the terminal line, updated in place.
-
-    Only on an interactive terminal and not under ``-q``: CI logs and piped output stay clean.
-    Under xdist the workers have no terminal, so nothing is shown.
-    """
-
-    def __init__(self, config: pytest.Config) -> None:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        self.tw = getattr(reporter, "_tw", None)
-        self.shown = 0
-        # During a test pytest captures fd 1; live output must step around it, as pytest's own
-        # live logging does -- and only then can it ask whether stdout is a terminal.
-        self.capture = config.pluginmanager.getplugin("capturemanager")
-        self.enabled = (
-            self.tw is not None
-            and config.get_verbosity() >= 0
-            and not hasattr(config, "workerinput")
-        )
-        self._tty: bool | None = None
-
-    def _is_tty(self) -> bool:
-        if self._tty is None:
-            stream = getattr(self.tw, "_file", None)
-            self._tty = bool(stream is not None and stream.isatty())
-        return self._tty
-
-    def __call__(self, cell: str, phase: str) -> None:
-        if not self.enabled or self.tw is None:
-            return
-        with self._uncaptured():
-            if not self._is_tty():
-                self.enabled = False
-                return
-            self._erase()
-            room = max(self.tw.fullwidth - self.tw.width_of_current_line - 4, 0)
-            text = " " + one_line(f"[{cell}: {phase}]", room - 1) if room > 1 else ""
-            self.tw.write(text, cyan=True, flush=True)
-            self.shown = len(text)
-
-    def clear(self) -> None:
-        if self.enabled and self.tw is not None and self.shown:
-            with self._uncaptured():
-                self._erase()
-
-    def _erase(self) -> None:
-        if self.tw is not None and self.shown:
-            self.tw.write("\b" * self.shown + "\x1b[K", flush=True)
-            self.shown = 0
-
-    def _uncaptured(self) -> Any:
-        if self.capture is None:
-            return contextlib.nullcontext()
-        return self.capture.global_and_fixture_disabled()
 
 
 class _XdistHooks:

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from compatlab._yaml import load
+from compatlab.capacity import Capacity
 from compatlab.errors import InputError, LabError, MatrixError
 from compatlab.guest.channel import Channel
 from compatlab.lab.connection import DEFAULT_URI, Hypervisor
@@ -44,11 +46,15 @@ def new_run_id(now: datetime | None = None) -> str:
 
 @dataclass(frozen=True)
 class LabSettings:
-    """Where the lab is: the hypervisor and the host folder for cells' disks."""
+    """Where the lab is: this host's hypervisor and folder for cells' disks, what its test VMs
+    may use together (``capacity``; None: the machine's), and the lab's scheduler (None: cells
+    run on an engine embedded in the runner)."""
 
     uri: str = DEFAULT_URI
     storage_root: Path = DEFAULT_ROOT
     attempts: int = 2
+    capacity: Capacity | None = None
+    scheduler: str | None = None
 
 
 # Tries of a cell the lab failed: past a few, the lab is down and more only delays the report.
@@ -56,25 +62,53 @@ MAX_ATTEMPTS = 10
 
 
 def load_lab_settings(path: Path | None) -> LabSettings:
-    """``configs/lab.yaml``: ``hosts: [{uri: ...}]``, ``storage: /var/lib/compatlab``.
+    """``configs/lab.yaml``::
 
-    Only the first host is driven today; placement across hosts is not built yet.
+        hosts: [{uri: qemu:///system}]   # this host's hypervisor (one, local)
+        storage: /var/lib/compatlab
+        attempts: 2
+        capacity: {vcpus: 8, memory: 16384}   # default: the machine's
+        scheduler: tcp://lab-scheduler:8786   # default: an engine embedded in the runner
+
+    A remote hypervisor URI is refused: overlays, ISOs and logs are local files of whoever
+    drives libvirt, so each hypervisor host runs ``compatlab worker`` and the controller names
+    the lab's scheduler.
     """
     if path is None:
         return LabSettings()
-    root = load(path, MatrixError).mapping("lab", optional=("hosts", "storage", "attempts"))
+    root = load(path, MatrixError).mapping(
+        "lab", optional=("hosts", "storage", "attempts", "capacity", "scheduler")
+    )
     uri = DEFAULT_URI
     if "hosts" in root:
         hosts = root["hosts"].items("hosts")
-        if not hosts:
-            raise root["hosts"].error("hosts must list at least one host")
-        uri = hosts[0].mapping("host", required=("uri",), optional=("name",))["uri"].text("uri")
+        if len(hosts) != 1:
+            raise root["hosts"].error(
+                "hosts names this host's one hypervisor",
+                "more hosts are `compatlab worker`s of a scheduler: set scheduler: instead",
+            )
+        node = hosts[0].mapping("host", required=("uri",), optional=("name",))["uri"]
+        uri = node.text("uri")
+        if urlsplit(uri).hostname:
+            raise node.error(
+                f"{uri} is a remote hypervisor: its disks and logs would be files of that host",
+                "run `compatlab worker` on that host and set scheduler: here",
+            )
+    capacity = None
+    if "capacity" in root:
+        c = root["capacity"].mapping("capacity", required=("vcpus", "memory"))
+        capacity = Capacity(
+            vcpus=c["vcpus"].integer("vcpus", minimum=1, maximum=4096),
+            memory_mib=c["memory"].integer("memory", minimum=64, maximum=64 * 1024 * 1024),
+        )
     return LabSettings(
         uri=uri,
         storage_root=Path(root["storage"].text("storage")) if "storage" in root else DEFAULT_ROOT,
         attempts=root["attempts"].integer("attempts", minimum=1, maximum=MAX_ATTEMPTS)
         if "attempts" in root
         else 2,
+        capacity=capacity,
+        scheduler=root["scheduler"].text("scheduler") if "scheduler" in root else None,
     )
 
 
@@ -104,6 +138,8 @@ class LabRun:
         self._lab: LabContext | None = None
         self._hypervisor: Hypervisor | None = None
         self._lock = threading.Lock()
+        #: Set when the run stops: cells running on the engine's threads tear their VMs down.
+        self.stop = threading.Event()
 
     def lab(self) -> LabContext:
         with self._lock:
@@ -138,6 +174,7 @@ class LabRun:
             attempts=self.settings.attempts,
             progress=self.progress,
             checks=self.checks,
+            stop=self.stop,
         )
 
     @staticmethod

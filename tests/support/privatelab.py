@@ -107,8 +107,15 @@ class PrivateLab:
         return f"qemu+unix:///system?socket={self.socket}"
 
     def hosts_file(self, path: Path) -> Path:
-        """A lab file (``--matrix-hosts``) naming this lab's URI and storage root."""
-        path.write_text(f'hosts: [{{uri: "{self.uri}"}}]\nstorage: "{self.storage_root}"\n')
+        """A lab file (``--matrix-hosts``) naming this lab's URI and storage root.
+
+        Its capacity is one guest at a time: a fault scenario fires on "the first of two cells"
+        and counts its guests against the campaign's budget, as the runner ran cells before
+        they ran side by side by default."""
+        path.write_text(
+            f'hosts: [{{uri: "{self.uri}"}}]\nstorage: "{self.storage_root}"\n'
+            "capacity: {vcpus: 1, memory: 4096}\n"
+        )
         return path
 
     def start_virtlogd(self) -> None:

@@ -138,7 +138,9 @@ def test_cells_do_not_pretend_to_pass(pytester: pytest.Pytester, project: Path) 
     (project / "lab.yaml").write_text(
         "hosts: [{uri: 'test:///default'}]\nstorage: out/storage\nattempts: 1\n"
     )
-    result = pytester.runpytest(
+    # In a process of its own, as a run is: the cells run on the Dask engine embedded in the
+    # runner, whose threads and modules must not outlive the run inside this test process.
+    result = pytester.runpytest_subprocess(
         "--matrix",
         "matrix/small.yaml",
         "--matrix-hosts",

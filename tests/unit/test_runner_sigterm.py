@@ -172,9 +172,16 @@ def run_and_terminate(project: Path, *, slow_cleanup: bool = False) -> Stopped:
     )
     try:
         serial = "storage/cells/*/" + cell_slug(SECOND) + "/serial.log"
+        results = project / "report" / "results.json"
+        # The cells run side by side: the signal comes once the first has its result and the
+        # second is booting (its boot never completes).
         _wait_for(
-            "the second cell's first boot",
-            lambda: any("boot 1 started" in p.read_text() for p in project.glob(serial)),
+            "the first cell's result and the second cell's first boot",
+            lambda: (
+                any("boot 1 started" in p.read_text() for p in project.glob(serial))
+                and results.exists()
+                and FIRST in results.read_text()
+            ),
             runner,
         )
         runner.send_signal(signal.SIGTERM)

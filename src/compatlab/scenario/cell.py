@@ -76,6 +76,8 @@ def _run(
             break
         except _LabFailed as failed:
             reason = failed.reason
+            if lab.stop.is_set():
+                break  # the run is stopping: no fresh VM
             if attempt < lab.attempts:
                 lab.progress(cell.id, f"lab failed ({reason}); trying again on a fresh VM")
                 time.sleep(lab.retry_wait)
@@ -92,6 +94,8 @@ def _run(
     rerun_records: list[VMRecord | str] = []
     first = decide(run)
     for n in range(1, _reruns_wanted(cell, first) + 1):
+        if lab.stop.is_set():
+            break
         lab.progress(cell.id, f"baseline rerun {n} without the candidate")
         try:
             again = _vm(cell, lab, evidence / f"rerun-{n}", f"rerun-{n}", False, records)

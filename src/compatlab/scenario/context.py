@@ -9,6 +9,7 @@ verdict path in milliseconds.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,3 +135,6 @@ class LabContext:
     storages: StorageFactory = CellStorage
     machines: MachineFactory = Machine
     channels: ChannelFactory = default_channel
+    #: Set when the run stops while cells run side by side on the engine's threads: each
+    #: cell's watcher sees it within a tick and tears its VM down (``RunStopped``).
+    stop: threading.Event = field(default_factory=threading.Event)

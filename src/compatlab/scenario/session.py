@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from compatlab.checks.windows import WindowsEvidence
-from compatlab.errors import GuestError, HypervisorError, ImageError, LabError
+from compatlab.errors import GuestError, HypervisorError, ImageError, LabError, RunStopped
 from compatlab.guest.readiness import ReadinessProbe
 from compatlab.lab import activity
 from compatlab.lab.domain import Forward, render_cell_domain
@@ -125,6 +125,8 @@ class Session:
 
     def _open(self) -> None:
         cell, lab = self.cell, self.lab
+        if lab.stop.is_set():
+            raise RunStopped("the run stopped before this cell started")
         self.storage.create()
         self.storage.create_overlay(cell.image.disk)
         self._seed_nvram()
@@ -253,6 +255,10 @@ class Session:
         end = None if limit is None else time.monotonic() + limit
         watch = self.machine.watch
         while not done() and self.watcher.outcome is None:
+            if self.lab.stop.is_set():
+                raise RunStopped(
+                    "the run stopped before this cell finished", domain=self.machine.name
+                )
             if end is not None and time.monotonic() > end:
                 raise LabError(
                     f"nothing was decided about the guest within {limit:g} s",

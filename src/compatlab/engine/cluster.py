@@ -1,0 +1,266 @@
+"""Cells side by side on Dask distributed: embedded in the pytest process, or on a lab's workers.
+
+Why Dask (measured side by side with Ray here, ``benchmarks/results/engine_choice.json``): it
+places tasks by *resources* (a cell asks for its vCPUs, memory and labels; a worker offers its
+host's), every socket it opens can be held to 127.0.0.1, its embedded form is a thread of this
+process with in-process comms (no extra process, results passed without pickling), and it is
+39 MiB of pure Python where Ray is 242 MiB with a dozen daemons.
+
+* **Embedded** (no scheduler address): a ``LocalCluster(processes=False)`` whose one worker
+  offers this machine's :class:`~compatlab.capacity.Capacity` (``configs/lab.yaml`` may set
+  it). The engine's resource accounting is what keeps the host from being overcommitted.
+* **A lab** (``scheduler: tcp://...`` in ``configs/lab.yaml`` or ``--matrix-scheduler``): each
+  hypervisor host runs ``compatlab worker``, which drives its own libvirt; overlays, ISOs and
+  logs stay there and evidence comes back with the result (:mod:`compatlab.engine.task`).
+
+Failure semantics: one task per attempt, ``retries=0``, and ``allowed-failures: 0`` on the
+embedded scheduler; a remote scheduler that would rerun a task by itself is refused when the
+controller connects. A worker lost mid-cell (``KilledWorker``, a closed connection, a rerun the
+claim refused) is a lab failure: the cell is submitted again, to another worker where one fits,
+within the lab's ``attempts``; past them it is ``infra_error`` with the reasons. Never a verdict
+on the candidate, never two results for one cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compatlab.capacity import Capacity, Needs, cell_needs
+from compatlab.engine.task import CellTask, TaskOutcome, register_lab, unregister_lab
+from compatlab.errors import LabError
+from compatlab.model import CellResult, Event
+
+if TYPE_CHECKING:
+    from compatlab.matrix import Cell
+    from compatlab.scenario import LabContext
+
+__all__ = ["CellHandle", "DaskEngine"]
+
+log = logging.getLogger("compatlab.engine")
+
+#: How long the controller waits for cells to tear their VMs down when the run stops.
+STOP_WAIT = 120.0
+#: How long closing the engine may take.
+CLOSE_WAIT = 10.0
+# A task is never run again by the scheduler after its worker died: compatlab decides.
+_SETTINGS = {"distributed.scheduler.allowed-failures": 0}
+
+
+@dataclass
+class CellHandle:
+    """One submitted cell: its attempts on the engine, and in the end exactly one result."""
+
+    cell: Cell
+    engine: DaskEngine
+    needs: Needs
+    future: Any = None
+    lost: list[str] = field(default_factory=list)
+    result: CellResult | None = None
+
+    def wait(self, tick: Callable[[], None] = lambda: None, poll: float = 0.5) -> CellResult:
+        """Block until the cell has its one result; ``tick`` runs between polls (progress)."""
+        while self.result is None:
+            try:
+                outcome = self.future.result(timeout=poll)
+            except FutureTimeout:
+                tick()
+                continue
+            except (CancelledError, Exception) as exc:  # KilledWorker, CommClosedError, ...
+                if self.engine.stopping:
+                    raise
+                self._lost(f"{type(exc).__name__}: {exc}".strip(": "))
+                continue
+            self._take(outcome)
+        return self.result
+
+    def _take(self, outcome: TaskOutcome) -> None:
+        if outcome.duplicate or outcome.result is None:
+            self._lost(f"the engine ran the attempt again on {outcome.worker} (refused)")
+            return
+        result = outcome.result
+        if outcome.evidence is not None:
+            try:
+                outcome.evidence.unpack(self.engine.report_dir)
+            except Exception as exc:  # the verdict stands without its evidence
+                log.error("compatlab: %s: evidence from %s: %s", self.cell.id, outcome.worker, exc)
+                result.events.append(Event(0.0, "engine", "evidence_lost", str(exc)))
+        for reason in self.lost:
+            result.events.insert(0, Event(0.0, "engine", "worker_lost", reason))
+        result.attempts += len(self.lost)
+        self.result = result
+
+    def _lost(self, reason: str) -> None:
+        self.lost.append(reason)
+        log.warning("compatlab: %s: worker lost mid-cell (%s)", self.cell.id, reason)
+        if len(self.lost) >= self.engine.attempts:
+            from compatlab.scenario import infra_error_result
+
+            said = "; ".join(self.lost)
+            self.result = infra_error_result(
+                self.cell,
+                f"the lab lost the cell's worker {len(self.lost)} time(s): {said}",
+                attempts=len(self.lost),
+            )
+            return
+        self.engine.submit_attempt(self)
+
+
+class DaskEngine:
+    """Runs cells as Dask tasks. ``scheduler=None`` embeds a cluster in this process."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        report_dir: Path,
+        scheduler: str | None,
+        capacity: Capacity,
+        attempts: int,
+        lab: Callable[[], LabContext] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.report_dir = report_dir
+        self.scheduler = scheduler
+        self.capacity = capacity
+        self.attempts = attempts
+        self.stopping = False
+        self._lab = lab
+        self._stop = stop or threading.Event()
+        self._cluster: Any = None
+        self._client: Any = None
+        self._keys = itertools.count(1)
+        self._handles: list[CellHandle] = []
+
+    # -- the cluster ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        import dask
+        from distributed import Client, LocalCluster
+
+        with dask.config.set(_SETTINGS):
+            if self.scheduler is None:
+                if self._lab is None:
+                    raise LabError("the embedded engine needs the run's lab")
+                register_lab(self.run_id, self._lab)
+                self._cluster = LocalCluster(
+                    n_workers=1,
+                    processes=False,
+                    threads_per_worker=self.capacity.vcpus,
+                    resources=self.capacity.resources(),
+                    dashboard_address="127.0.0.1:0",
+                    worker_dashboard_address="127.0.0.1:0",
+                    silence_logs=logging.ERROR,
+                )
+                self._client = Client(self._cluster, set_as_default=False)
+            else:
+                try:
+                    self._client = Client(self.scheduler, set_as_default=False, timeout=30)
+                except OSError as exc:
+                    raise LabError(f"cannot reach the scheduler {self.scheduler}: {exc}") from exc
+                self._refuse_rerunning_scheduler()
+
+    def _refuse_rerunning_scheduler(self) -> None:
+        allowed = self._client.run_on_scheduler(_allowed_failures)
+        if allowed != 0:
+            self.close()
+            raise LabError(
+                f"the scheduler at {self.scheduler} reruns a task whose worker died "
+                f"(allowed-failures: {allowed}): start it with "
+                "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0 so a cell never runs twice"
+            )
+
+    def workers(self) -> dict[str, dict[str, float]]:
+        """Each worker's address and the resources it offers."""
+        info = self._client.scheduler_info(n_workers=-1)["workers"]
+        return {addr: dict(w.get("resources", {})) for addr, w in info.items()}
+
+    def why_not(self, needs: Needs) -> str | None:
+        """Why no worker of the engine can ever run a VM with these needs, or None."""
+        if self.scheduler is None:
+            return self.capacity.why_not(needs)
+        offers = self.workers()
+        if not offers:
+            return f"no worker is connected to the scheduler {self.scheduler}"
+        wanted = needs.resources()
+        if any(all(offer.get(k, 0) >= v for k, v in wanted.items()) for offer in offers.values()):
+            return None
+        return f"no worker of {self.scheduler} offers {_describe(wanted)}"
+
+    # -- cells ----------------------------------------------------------------------------
+
+    def submit(self, cell: Cell) -> CellHandle:
+        handle = CellHandle(cell, self, cell_needs(cell))
+        self._handles.append(handle)
+        why = self.why_not(handle.needs)
+        if why is not None:
+            from compatlab.scenario import infra_error_result
+
+            handle.result = infra_error_result(cell, f"the lab cannot run this cell: {why}")
+            return handle
+        self.submit_attempt(handle)
+        return handle
+
+    def submit_attempt(self, handle: CellHandle) -> None:
+        from compatlab.engine.task import run_cell_task
+
+        key = f"compatlab-{self.run_id}-{handle.cell.id}-{next(self._keys)}"
+        handle.future = self._client.submit(
+            run_cell_task,
+            CellTask(handle.cell, self.run_id, key),
+            key=key,
+            pure=False,
+            retries=0,
+            resources=handle.needs.resources(),
+        )
+
+    def close(self, *, stop: bool = False) -> None:
+        """Stop: running cells tear their VMs down (bounded wait), queued ones never start."""
+        self.stopping = True
+        running = [h.future for h in self._handles if h.result is None and h.future is not None]
+        if self._client is not None:
+            for future in running:
+                future.cancel()  # queued ones; a running thread sees the stop event instead
+        if stop:
+            self._stop.set()
+        if self.scheduler is None and running:
+            _wait_threads_idle(self._cluster, STOP_WAIT)
+        unregister_lab(self.run_id)
+        # Bounded: an engine that does not shut down must not hold the runner (the cells'
+        # VMs are gone by now; the engine's threads are daemons).
+        for what, part in (("client", self._client), ("cluster", self._cluster)):
+            if part is None:
+                continue
+            try:
+                part.close(timeout=CLOSE_WAIT)
+            except Exception as exc:
+                log.warning("compatlab: closing the engine's %s: %s", what, exc)
+        self._client = self._cluster = None
+
+
+def _allowed_failures(dask_scheduler: Any) -> int:
+    return int(dask_scheduler.allowed_failures)
+
+
+def _describe(wanted: dict[str, float]) -> str:
+    return ", ".join(f"{k.removeprefix('label-')}={v:g}" for k, v in sorted(wanted.items()))
+
+
+def _wait_threads_idle(cluster: Any, limit: float) -> None:
+    """Wait until the embedded worker runs no task (each tears its VM down on the stop)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        workers = list(getattr(cluster, "workers", {}).values())
+        if not any(getattr(w, "state", None) and w.state.executing_count for w in workers):
+            return
+        time.sleep(0.25)
+    log.error("compatlab: cells still running %g s after the stop", limit)

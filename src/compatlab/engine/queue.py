@@ -1,0 +1,116 @@
+"""A pytest session's cells on the engine: all submitted at once, each item waits for its own.
+
+pytest runs one item at a time; the cells must not. At the first cell item, :class:`CellQueue`
+submits every selected cell (after ``-k``, ``--lf``, ``--deselect``; none under
+``--collect-only``) to the engine in item order, and each item then waits for its cell's one
+result. The engine runs as many at once as the capacity allows, so the run takes about as long
+as its longest chain of cells per slot, and pytest's reporting -- one item per cell, junit,
+``--lf``, the terminal summary -- is unchanged.
+
+Under pytest-xdist each xdist worker has a queue of its own, with the capacity divided by the
+number of workers: together they never overcommit the host (``-n`` is no longer needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compatlab.capacity import Capacity, machine_capacity
+from compatlab.engine.cluster import CellHandle, DaskEngine
+from compatlab.errors import LabError
+from compatlab.model import CellResult
+
+if TYPE_CHECKING:
+    from compatlab.matrix import Cell
+    from compatlab.run import LabRun
+
+__all__ = ["CellQueue", "default_capacity"]
+
+log = logging.getLogger("compatlab.engine")
+
+
+def default_capacity(configured: Capacity | None, *, share: int = 1) -> Capacity:
+    """The capacity of this runner: ``configs/lab.yaml``'s, else the machine's; divided by
+    ``share`` (xdist workers), never below one VM's worth of vCPUs."""
+    import shutil
+
+    labels = ("tpm",) if shutil.which("swtpm") else ()
+    base = configured or machine_capacity(labels=labels)
+    if share <= 1:
+        return base
+    return Capacity(
+        vcpus=max(1, base.vcpus // share),
+        memory_mib=max(1, base.memory_mib // share),
+        labels=base.labels,
+    )
+
+
+def xdist_share() -> int:
+    try:
+        return max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    except ValueError:
+        return 1
+
+
+class CellQueue:
+    """The cells of one pytest process, on one engine."""
+
+    def __init__(
+        self,
+        run: LabRun,
+        *,
+        report_dir: Path,
+        scheduler: str | None,
+        capacity: Capacity,
+    ) -> None:
+        self.run = run
+        self.engine = DaskEngine(
+            run_id=run.run_id,
+            report_dir=report_dir,
+            scheduler=scheduler,
+            capacity=capacity,
+            attempts=run.settings.attempts,
+            lab=run.lab,
+            stop=run.stop,
+        )
+        self._handles: dict[tuple[str, str], CellHandle] = {}
+        self._started = False
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, cells: Sequence[Cell]) -> None:
+        """Start the engine and submit ``cells`` in order (once; later calls add nothing)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            try:
+                self.engine.start()
+            except LabError as exc:
+                self._error = str(exc)  # every cell's result says so: infra_error
+                return
+            for cell in cells:
+                self._handles[_key(cell)] = self.engine.submit(cell)
+
+    def wait(self, cell: Cell, tick: Callable[[], None] = lambda: None) -> CellResult:
+        """The cell's one result (submitting it alone if it was not among the first ones)."""
+        from compatlab.scenario import infra_error_result
+
+        handle = self._handles.get(_key(cell))
+        if handle is None:
+            if self._error is not None:
+                return infra_error_result(cell, self._error)
+            handle = self._handles[_key(cell)] = self.engine.submit(cell)
+        return handle.wait(tick)
+
+    def close(self, *, stop: bool) -> None:
+        self.engine.close(stop=stop)
+
+
+def _key(cell: Cell) -> tuple[str, str]:
+    return (str(cell.matrix), cell.id)

@@ -1,0 +1,58 @@
+"""Capacity: what a cell needs and what a host gives (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compatlab.capacity import (
+    HOST_RESERVE_MIB,
+    QEMU_OVERHEAD_MIB,
+    Capacity,
+    Needs,
+    machine_capacity,
+)
+
+
+def test_a_vm_fits_only_where_every_need_is_met() -> None:
+    host = Capacity(vcpus=2, memory_mib=4096, labels=frozenset({"tpm"}))
+    assert host.fits(Needs(2, 4096, frozenset({"tpm"})))
+    assert not host.fits(Needs(3, 1024))
+    assert not host.fits(Needs(1, 4097))
+    assert not host.fits(Needs(1, 1024, frozenset({"kvm"})))
+    assert host.why_not(Needs(1, 1024)) is None
+    said = host.why_not(Needs(4, 8192, frozenset({"kvm", "tpm"})))
+    assert said is not None
+    assert "4 vCPUs (the host gives 2)" in said
+    assert "8192 MiB (the host gives 4096 MiB)" in said
+    assert "label(s) kvm (the host has ['tpm'])" in said
+
+
+def test_slots_never_overcommit() -> None:
+    host = Capacity(vcpus=2, memory_mib=1000)
+    assert host.slots([Needs(1, 400)] * 5) == 2  # vCPUs bound it
+    assert host.slots([Needs(1, 600)] * 5) == 1  # memory bounds it
+    assert host.slots([Needs(2, 100), Needs(1, 100)]) == 1
+
+
+def test_resources_name_labels_so_an_engine_can_place_by_them() -> None:
+    needs = Needs(2, 512, frozenset({"tpm"}))
+    assert needs.resources() == {"vcpus": 2, "memory": 512, "label-tpm": 1}
+    host = Capacity(3, 2048, frozenset({"tpm", "kvm"}))
+    assert host.resources() == {"vcpus": 3, "memory": 2048, "label-kvm": 3, "label-tpm": 3}
+
+
+def test_the_machines_capacity_is_its_cpus_and_available_memory_less_a_reserve(
+    tmp_path: Path,
+) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 24000000 kB\nMemAvailable: 8388608 kB\n")
+    host = machine_capacity(meminfo=meminfo, cpus=2)
+    assert host == Capacity(2, 8192 - HOST_RESERVE_MIB, frozenset())
+    assert QEMU_OVERHEAD_MIB > 0
+
+
+def test_a_capacity_of_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Capacity(0, 100)

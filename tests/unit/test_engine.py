@@ -1,0 +1,323 @@
+"""Cells side by side on Dask distributed (issue 10): the embedded engine, a lab's workers, and a
+worker lost mid-cell -- on libvirt's test driver with scripted guests, everything else real.
+
+The real-VM side (the demo's cells side by side on QEMU) is tests/lab/test_scenario.py, which
+runs through the same engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compatlab.capacity import Capacity
+from compatlab.engine import DaskEngine, EvidenceBundle
+from compatlab.engine import task as engine_task
+from compatlab.errors import LabError, MatrixError
+from compatlab.lab.connection import Hypervisor
+from compatlab.lab.reaper import Controller
+from compatlab.lab.storage import cell_slug
+from compatlab.matrix import Cell, load_matrix
+from compatlab.model import Verdict
+from compatlab.run import load_lab_settings
+from compatlab.scenario import LabContext
+from tests.support.catalogs import make_project, matrix
+from tests.support.fakeguest import ScriptedGuest, TestMachine, TestStorage
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = "scenario: {boots: 1, boot_timeout: 20, bake: 0.1, baseline: never, rollback: false}\n"
+
+
+def cells(tmp_path: Path, hardware: tuple[str, ...] = ("bios-1cpu",)) -> list[Cell]:
+    root = make_project(tmp_path / "project", builds=("lin",), hardware=hardware)
+    for name in ("av", "edr", "dlp", "candidate"):
+        (root / "payloads" / name).mkdir(parents=True, exist_ok=True)
+        (root / "payloads" / name / "install.sh").write_text("exit 0\n")
+    hw = ", ".join(hardware)
+    body = f"axes: {{build: [lin], hardware: [{hw}], products: [[], [av], [edr], [dlp]]}}\n"
+    return list(load_matrix(matrix(root, body + SCENARIO), catalog_root=root).cells)
+
+
+# -- configs/lab.yaml ---------------------------------------------------------------------------
+
+
+def test_lab_yaml_names_the_scheduler_and_the_capacity(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("scheduler: tcp://127.0.0.1:8786\ncapacity: {vcpus: 3, memory: 4096}\n")
+    settings = load_lab_settings(lab)
+    assert settings.scheduler == "tcp://127.0.0.1:8786"
+    assert settings.capacity == Capacity(3, 4096)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("hosts: [{uri: 'qemu+ssh://lab7/system'}]\n", r"lab\.yaml:1:.*remote hypervisor"),
+        (
+            "hosts: [{uri: 'qemu:///system'}, {uri: 'qemu:///system'}]\n",
+            r"lab\.yaml:1:.*one hypervisor",
+        ),
+        ("capacity: {vcpus: 0, memory: 4096}\n", r"lab\.yaml:1:.*vcpus"),
+    ],
+)
+def test_lab_yaml_refuses_what_it_cannot_run(tmp_path: Path, text: str, said: str) -> None:
+    lab = tmp_path / "lab.yaml"
+    lab.write_text(text)
+    with pytest.raises(MatrixError, match=said):
+        load_lab_settings(lab)
+
+
+# -- evidence in transit ------------------------------------------------------------------------
+
+
+def test_a_flooded_log_travels_as_head_and_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_task, "FILE_LIMIT", 4000)
+    monkeypatch.setattr(engine_task, "_HEAD", 1000)
+    folder = tmp_path / "report" / "cells" / "c"
+    folder.mkdir(parents=True)
+    (folder / "serial.log").write_text("boot 1 started\n" + "x" * 100_000 + "\npanic at the end\n")
+    (folder / "small.txt").write_text("kept whole")
+    bundle = EvidenceBundle.pack(tmp_path / "report", folder)
+    assert bundle is not None
+    import pickle
+
+    travelled = pickle.loads(pickle.dumps(bundle))  # as to another host's controller
+    out = tmp_path / "controller"
+    travelled.unpack(out)
+    log = (out / "cells" / "c" / "serial.log").read_text()
+    assert log.startswith("boot 1 started") and log.endswith("panic at the end\n")
+    assert "bytes of this" in log and "cut here in transit" in log
+    assert len(log) < 4200
+    assert (out / "cells" / "c" / "small.txt").read_text() == "kept whole"
+
+
+# -- the embedded engine ------------------------------------------------------------------------
+
+
+class CountingMachine(TestMachine):
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def __enter__(self) -> CountingMachine:
+        with CountingMachine.lock:
+            CountingMachine.running += 1
+            CountingMachine.most = max(CountingMachine.most, CountingMachine.running)
+        return super().__enter__()  # type: ignore[return-value]
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            with CountingMachine.lock:
+                CountingMachine.running -= 1
+
+
+@pytest.fixture(scope="module")
+def hv() -> Iterator[Hypervisor]:
+    with Hypervisor("test:///default") as hypervisor:
+        yield hypervisor
+
+
+def embedded(hv: Hypervisor, tmp_path: Path, capacity: Capacity) -> tuple[DaskEngine, LabContext]:
+    def guests(cell: Cell, machine: Any, forwards: Any = ()) -> ScriptedGuest:
+        return ScriptedGuest(machine, machine.storage_dir / "serial.log", boot_seconds=1.0)
+
+    lab = LabContext(
+        hypervisor=hv,
+        accel="qemu",
+        run_id="engine-test",
+        storage_root=tmp_path / "storage",
+        template_dir=ROOT / "configs" / "templates",
+        report_dir=tmp_path / "report",
+        iso_cache=tmp_path / "iso",
+        controller=Controller.current(),
+        retry_wait=0.0,
+        storages=TestStorage,
+        machines=CountingMachine,
+        channels=guests,
+    )
+    engine = DaskEngine(
+        run_id="engine-test",
+        report_dir=tmp_path / "report",
+        scheduler=None,
+        capacity=capacity,
+        attempts=2,
+        lab=lambda: lab,
+        stop=lab.stop,
+    )
+    engine.start()
+    return engine, lab
+
+
+def test_cells_run_side_by_side_up_to_the_capacity_and_never_beyond(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    CountingMachine.running = CountingMachine.most = 0
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=2, memory_mib=64 * 1024))
+    try:
+        handles = [engine.submit(cell) for cell in cells(tmp_path)]
+        results = [h.wait() for h in handles]
+    finally:
+        engine.close()
+    assert [r.verdict for r in results] == [Verdict.PASS] * 4, [r.reason for r in results]
+    assert CountingMachine.most == 2  # two 1-vCPU cells at once on 2 vCPUs, never three
+    for result in results:  # the evidence came back where the report looks for it
+        assert result.artifacts
+        assert all((tmp_path / "report" / path).exists() for path in result.artifacts.values())
+
+
+def test_a_cell_no_worker_can_ever_hold_is_infra_error_at_once(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=1, memory_mib=300))
+    try:
+        result = engine.submit(cells(tmp_path)[0]).wait()  # 256 MiB of RAM, plus QEMU's
+    finally:
+        engine.close()
+    assert result.verdict is Verdict.INFRA_ERROR
+    assert "needs 448 MiB (the host gives 300 MiB)" in result.reason, result.reason
+
+
+def test_a_stopping_run_tears_down_the_running_cells(hv: Hypervisor, tmp_path: Path) -> None:
+    CountingMachine.running = CountingMachine.most = 0
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=2, memory_mib=64 * 1024))
+    for cell in cells(tmp_path):
+        engine.submit(cell)
+    deadline = time.monotonic() + 30
+    while CountingMachine.running < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert CountingMachine.running == 2
+    engine.close(stop=True)
+    assert CountingMachine.running == 0
+    assert not [d.name() for d in hv.domains() if d.name().startswith("compatlab-")]
+
+
+# -- a lab's scheduler and workers on 127.0.0.1 ------------------------------------------------
+
+
+def _scheduler(folder: Path, *, allowed_failures: str | None) -> tuple[subprocess.Popen[str], str]:
+    file = folder / f"scheduler-{allowed_failures}.json"
+    env = dict(os.environ)
+    if allowed_failures is not None:
+        env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = allowed_failures
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"),
+            *("--port", "0", "--dashboard-address", "127.0.0.1:0", "--no-show"),
+            *("--scheduler-file", str(file)),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not file.exists() or not file.read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline, "the scheduler did not start"
+        time.sleep(0.1)
+    import json
+
+    return proc, str(json.loads(file.read_text())["address"])
+
+
+def _worker(folder: Path, scheduler: str, name: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "COMPATLAB_TEST_MARKS": str(folder / "marks"),
+        "COMPATLAB_TEST_BOOT": "3",
+    }
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "compatlab.cli", "worker", "--scheduler", scheduler),
+            *("--vcpus", "1", "--memory", "65536", "--storage", str(folder / name)),
+            *("--uri", "test:///default", "--name", name, "--project", str(ROOT)),
+            *("--preload", "tests.support.enginestandins"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _stop(*procs: subprocess.Popen[str]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_worker_lost_mid_cell_is_a_lab_failure_and_the_cell_runs_once_elsewhere(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "marks").mkdir()
+    scheduler, address = _scheduler(tmp_path, allowed_failures="0")
+    workers = [_worker(tmp_path, address, f"w{n}") for n in (1, 2)]
+    engine = DaskEngine(
+        run_id="engine-lab",
+        report_dir=tmp_path / "report",
+        scheduler=address,
+        capacity=Capacity(1, 1),  # a lab's engine asks its workers, not this
+        attempts=2,
+    )
+    try:
+        engine.start()
+        deadline = time.monotonic() + 60
+        while len(engine.workers()) < 2:
+            assert time.monotonic() < deadline, "the workers did not join"
+            time.sleep(0.2)
+        first = cells(tmp_path)[0]
+        handle = engine.submit(first)
+        slug = cell_slug(first.id)
+        deadline = time.monotonic() + 60
+        while not (marks := list((tmp_path / "marks").glob(f"{slug}.*"))):
+            assert time.monotonic() < deadline, "the cell never started"
+            time.sleep(0.05)
+        pid = int(marks[0].name.rsplit(".", 1)[1])
+        victim = next(w for w in workers if w.pid == pid)
+        victim.kill()  # mid-boot: the boot takes 3 s
+        result = handle.wait()
+    finally:
+        engine.close()
+        _stop(*workers, scheduler)
+    assert result.verdict is Verdict.PASS, result.reason
+    assert result.attempts == 2
+    lost = [e for e in result.events if e.kind == "worker_lost"]
+    assert len(lost) == 1 and "KilledWorker" in lost[0].detail, lost
+    started = sorted(m.name for m in (tmp_path / "marks").glob(f"{slug}.*"))
+    assert len(started) == 2 and started[0] != started[1], "ran once on each worker, no more"
+
+
+def test_a_scheduler_that_would_rerun_a_cell_by_itself_is_refused(tmp_path: Path) -> None:
+    scheduler, address = _scheduler(tmp_path, allowed_failures=None)
+    engine = DaskEngine(
+        run_id="engine-lab",
+        report_dir=tmp_path / "report",
+        scheduler=address,
+        capacity=Capacity(1, 1),
+        attempts=2,
+    )
+    try:
+        with pytest.raises(LabError, match="allowed-failures: 3"):
+            engine.start()
+    finally:
+        engine.close()
+        _stop(scheduler)
