@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from compatlab.errors import GuestTimeout, GuestUnreachable
 from compatlab.guest.channel import CommandResult
@@ -210,3 +210,27 @@ class ScriptedGuest:
 
     def shutdown(self) -> None:
         self.machine.watch.record("libvirt", "shutdown")
+
+
+def scripted_lab(hypervisor: Hypervisor, folder: Path, channels: Any, **overrides: Any) -> Any:
+    """A :class:`~compatlab.scenario.LabContext` on the test driver whose guests are scripted:
+    storage and report under ``folder``, no wait between attempts, ``overrides`` on top."""
+    from compatlab.lab.reaper import Controller
+    from compatlab.scenario import LabContext
+
+    root = Path(__file__).resolve().parents[2]
+    settings: dict[str, Any] = {
+        "hypervisor": hypervisor,
+        "accel": "qemu",
+        "run_id": "unit-run",
+        "storage_root": folder / "storage",
+        "template_dir": root / "configs" / "templates",
+        "report_dir": folder / "report",
+        "iso_cache": folder / "iso",
+        "controller": Controller.current(),
+        "retry_wait": 0.0,
+        "storages": TestStorage,
+        "machines": TestMachine,
+        "channels": channels,
+    }
+    return LabContext(**{**settings, **overrides})

@@ -24,14 +24,13 @@ from compatlab.engine import DaskEngine, EvidenceBundle
 from compatlab.engine import task as engine_task
 from compatlab.errors import LabError, MatrixError
 from compatlab.lab.connection import Hypervisor
-from compatlab.lab.reaper import Controller
 from compatlab.lab.storage import cell_slug
 from compatlab.matrix import Cell, load_matrix
 from compatlab.model import Verdict
 from compatlab.run import load_lab_settings
 from compatlab.scenario import LabContext
 from tests.support.catalogs import make_project, matrix
-from tests.support.fakeguest import ScriptedGuest, TestMachine, TestStorage
+from tests.support.fakeguest import ScriptedGuest, TestMachine, scripted_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = "scenario: {boots: 1, boot_timeout: 20, bake: 0.1, baseline: never, rollback: false}\n"
@@ -134,20 +133,7 @@ def embedded(hv: Hypervisor, tmp_path: Path, capacity: Capacity) -> tuple[DaskEn
     def guests(cell: Cell, machine: Any, forwards: Any = ()) -> ScriptedGuest:
         return ScriptedGuest(machine, machine.storage_dir / "serial.log", boot_seconds=1.0)
 
-    lab = LabContext(
-        hypervisor=hv,
-        accel="qemu",
-        run_id="engine-test",
-        storage_root=tmp_path / "storage",
-        template_dir=ROOT / "configs" / "templates",
-        report_dir=tmp_path / "report",
-        iso_cache=tmp_path / "iso",
-        controller=Controller.current(),
-        retry_wait=0.0,
-        storages=TestStorage,
-        machines=CountingMachine,
-        channels=guests,
-    )
+    lab = scripted_lab(hv, tmp_path, guests, run_id="engine-test", machines=CountingMachine)
     engine = DaskEngine(
         run_id="engine-test",
         report_dir=tmp_path / "report",

@@ -24,16 +24,15 @@ from compatlab.errors import LabError, StorageError
 from compatlab.guest.channel import CommandResult
 from compatlab.lab.connection import Hypervisor
 from compatlab.lab.machine import Machine
-from compatlab.lab.reaper import Controller
 from compatlab.matrix import Cell, load_matrix
 from compatlab.model import Attribution, CellResult, Verdict
-from compatlab.scenario import LabContext, run_cell
+from compatlab.scenario import run_cell
 from tests.support.catalogs import make_project, matrix
 from tests.support.fakeguest import (
     BootScript,
     ScriptedGuest,
-    TestMachine,
     TestStorage,
+    scripted_lab,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,21 +86,7 @@ class Guests:
 def run(
     hv: Hypervisor, tmp_path: Path, the_cell: Cell, guests: Callable[..., Any], **lab: Any
 ) -> CellResult:
-    context = LabContext(
-        hypervisor=hv,
-        accel="qemu",
-        run_id="unit-run",
-        storage_root=tmp_path / "storage",
-        template_dir=ROOT / "configs" / "templates",
-        report_dir=tmp_path / "report",
-        iso_cache=tmp_path / "iso",
-        controller=Controller.current(),
-        retry_wait=0.0,
-        storages=lab.pop("storages", TestStorage),
-        machines=lab.pop("machines", TestMachine),
-        channels=guests,
-        **lab,
-    )
+    context = scripted_lab(hv, tmp_path, guests, **lab)
     result = run_cell(the_cell, context)
     json.dumps(result.as_json())  # always serialisable
     left = [d.name() for d in hv.domains() if d.name().startswith("compatlab-")]

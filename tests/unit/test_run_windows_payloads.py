@@ -21,12 +21,11 @@ from compatlab.guest.channel import CommandResult
 from compatlab.guest.windows_install import SETUPAPI_LOG, install_command, uninstall_command
 from compatlab.lab.connection import Hypervisor
 from compatlab.lab.machine import Machine
-from compatlab.lab.reaper import Controller
 from compatlab.matrix import Cell, load_matrix
 from compatlab.model import Attribution, CellResult, Verdict
-from compatlab.scenario import LabContext, run_cell
+from compatlab.scenario import run_cell
 from tests.support.catalogs import make_project, write
-from tests.support.fakeguest import ScriptedGuest, TestMachine, TestStorage
+from tests.support.fakeguest import ScriptedGuest, scripted_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 CLEAN_BOOT = (ROOT / "tests" / "support" / "windows" / "clean_boot.json").read_text()
@@ -122,20 +121,7 @@ class Guests:
 
 
 def run(hv: Hypervisor, tmp_path: Path, cell: Cell, guests: Guests) -> CellResult:
-    context = LabContext(
-        hypervisor=hv,
-        accel="qemu",
-        run_id="unit-run",
-        storage_root=tmp_path / "storage",
-        template_dir=ROOT / "configs" / "templates",
-        report_dir=tmp_path / "report",
-        iso_cache=tmp_path / "iso",
-        controller=Controller.current(),
-        retry_wait=0.0,
-        storages=TestStorage,
-        machines=TestMachine,
-        channels=guests,
-    )
+    context = scripted_lab(hv, tmp_path, guests)
     result = run_cell(cell, context)
     json.dumps(result.as_json())
     return result
