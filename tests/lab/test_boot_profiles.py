@@ -25,7 +25,9 @@ import pytest
 
 from compatlab.catalog import GoldenImage, HardwareProfile, Watchdog
 from compatlab.guest.media import build_iso
+from compatlab.lab.console import SerialConsole
 from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml, validate_domain_xml
+from compatlab.lab.events import DomainWatch
 from compatlab.lab.reaper import CellMetadata, Controller
 from compatlab.lab.storage import CellStorage
 from tests.support.lab import require_lab
@@ -101,6 +103,7 @@ class Booted:
     spec: DomainSpec
     storage: CellStorage
     seconds: float
+    console: SerialConsole
 
     def serial(self) -> str:
         return self.spec.serial_log.read_text(errors="replace")
@@ -156,8 +159,12 @@ def boot(conn: Any, image: GoldenImage, storage_root: Path) -> Iterator[Any]:
         xml = render_domain_xml(spec, TEMPLATES)
         validate_domain_xml(xml)
         dom = conn.defineXML(xml)
-        booted = Booted(dom=dom, spec=spec, storage=storage, seconds=0.0)
+        # The serial port is a FIFO pair the runner reads (lab/console.py): read it here too,
+        # or the log stays empty and the guest's UART waits once the pipe is full.
+        console = SerialConsole(spec.console, DomainWatch(spec.name))
+        booted = Booted(dom=dom, spec=spec, storage=storage, seconds=0.0, console=console)
         made.append(booted)
+        console.open()
         began = time.monotonic()
         dom.create()
         deadline = began + BOOT_TIMEOUT
@@ -186,6 +193,7 @@ def boot(conn: Any, image: GoldenImage, storage_root: Path) -> Iterator[Any]:
             booted.dom.undefineFlags(
                 libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM
             )
+            booted.console.close()
         booted.storage.remove()
 
 
