@@ -83,11 +83,11 @@ def test_a_flooded_log_travels_as_head_and_tail(
 ) -> None:
     monkeypatch.setattr(engine_task, "FILE_LIMIT", 4000)
     monkeypatch.setattr(engine_task, "_HEAD", 1000)
-    folder = tmp_path / "report" / "cells" / "c"
+    folder = tmp_path / "worker" / "cells" / "c"
     folder.mkdir(parents=True)
     (folder / "serial.log").write_text("boot 1 started\n" + "x" * 100_000 + "\npanic at the end\n")
     (folder / "small.txt").write_text("kept whole")
-    bundle = EvidenceBundle.pack(tmp_path / "report", folder)
+    bundle = EvidenceBundle.pack(tmp_path / "worker", folder)
     assert bundle is not None
     import pickle
 
@@ -99,6 +99,24 @@ def test_a_flooded_log_travels_as_head_and_tail(
     assert "bytes of this" in log and "cut here in transit" in log
     assert len(log) < 4200
     assert (out / "cells" / "c" / "small.txt").read_text() == "kept whole"
+
+
+def test_evidence_in_the_same_process_is_moved_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded engine passes results without pickling: nothing is cut (a flooded serial
+    log keeps its first boots and its end, as tests/reliability's serial flood asks)."""
+    monkeypatch.setattr(engine_task, "FILE_LIMIT", 4000)
+    staging = tmp_path / "staging"
+    folder = staging / "cells" / "c"
+    folder.mkdir(parents=True)
+    text = "boot 1 started\n" + "x" * 100_000 + "\n"
+    (folder / "serial.log").write_text(text)
+    bundle = EvidenceBundle.pack(staging, folder)
+    assert bundle is not None
+    bundle.unpack(tmp_path / "report")
+    assert (tmp_path / "report" / "cells" / "c" / "serial.log").read_text() == text
+    assert not staging.exists()
 
 
 # -- the embedded engine ------------------------------------------------------------------------

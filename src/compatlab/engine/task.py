@@ -24,6 +24,7 @@ import socket
 import tarfile
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -108,64 +109,75 @@ class TaskOutcome:
 
 
 class EvidenceBundle:
-    """A cell's evidence folder, packed on the worker as a tar file.
+    """A cell's evidence, as the worker left it in its staging folder.
 
     In the process that made it (the embedded engine: Dask passes results between threads
-    without pickling) it is read from that file when unpacked; pickled to travel to another
-    host's controller, it carries the file's bytes. Each file is capped at :data:`FILE_LIMIT`.
+    without pickling) :meth:`unpack` moves the files as they are -- a flooded serial log whole.
+    Pickled to travel to another host's controller, it becomes a tar of the files, each capped
+    at :data:`FILE_LIMIT` (head and tail). The staging folder goes when the bundle is unpacked,
+    discarded or garbage-collected.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path: Path | None = path
+    def __init__(self, staging: Path, folder: Path) -> None:
+        self.staging: Path | None = staging  # the worker's report_dir for this cell
+        self.folder = folder  # the cell's evidence, under staging
         self.data: bytes | None = None
+        self._cleanup: Callable[[], object] = weakref.finalize(self, shutil.rmtree, staging, True)
 
     @classmethod
-    def pack(cls, report_dir: Path, folder: Path) -> EvidenceBundle | None:
-        """``folder`` (under ``report_dir``) as a bundle; None when there is no evidence."""
+    def pack(cls, staging: Path, folder: Path) -> EvidenceBundle | None:
+        """``folder`` (under ``staging``) as a bundle; None when there is no evidence."""
         if not folder.is_dir():
             return None
-        fd, name = tempfile.mkstemp(prefix="compatlab-evidence-", suffix=".tar.gz")
-        os.close(fd)
-        path = Path(name)
-        try:
-            with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-                for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    arcname = file.relative_to(report_dir).as_posix()
+        return cls(staging, folder)
+
+    def _tar(self) -> bytes:
+        assert self.staging is not None
+        with tempfile.TemporaryFile() as packed:
+            with tarfile.open(fileobj=packed, mode="w:gz", compresslevel=1) as tar:
+                for file in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+                    arcname = file.relative_to(self.staging).as_posix()
                     size = file.stat().st_size
                     if size <= FILE_LIMIT:
                         tar.add(file, arcname=arcname, recursive=False)
                     else:
                         _add_capped(tar, file, arcname, size)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return cls(path)
+            packed.seek(0)
+            return packed.read()
 
     def __getstate__(self) -> dict[str, object]:
-        if self.data is None and self.path is not None:
-            self.data = self.path.read_bytes()
-            self.path.unlink(missing_ok=True)
-            self.path = None
-        return {"path": None, "data": self.data}
+        if self.data is None and self.staging is not None:
+            self.data = self._tar()
+            self.discard_staging()
+        return {"data": self.data}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.path = None
+        self.staging = None
         self.data = state["data"]  # type: ignore[assignment]
+        self._cleanup = _nothing
 
     def unpack(self, report_dir: Path) -> None:
-        """Write the evidence under ``report_dir``, where the result's artifacts point."""
-        opened: dict[str, object] = {"name": self.path}
-        if self.path is None:
-            opened = {"fileobj": io.BytesIO(self.data or b"")}
-        with tarfile.open(mode="r:gz", **opened) as tar:  # type: ignore[call-overload]
-            tar.extractall(report_dir, filter="data")  # no link or path outside report_dir
+        """Put the evidence under ``report_dir``, where the result's artifacts point."""
+        if self.staging is not None:
+            target = report_dir / self.folder.relative_to(self.staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(self.folder, target, dirs_exist_ok=True)
+        elif self.data is not None:
+            with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:gz") as tar:
+                tar.extractall(report_dir, filter="data")  # no link or path outside report_dir
         self.discard()
 
+    def discard_staging(self) -> None:
+        self._cleanup()
+        self.staging = None
+
     def discard(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
+        self.discard_staging()
         self.data = None
+
+
+def _nothing() -> None:
+    return None
 
 
 def _add_capped(tar: tarfile.TarFile, file: Path, arcname: str, size: int) -> None:
@@ -239,12 +251,15 @@ def run_cell_task(task: CellTask) -> TaskOutcome:
     except LabError as exc:
         return TaskOutcome(infra_error_result(task.cell, str(exc)), worker)
     staging = Path(tempfile.mkdtemp(prefix="compatlab-report-"))
+    bundle = None
     try:
         lab.progress(task.cell.id, "starting")
         result = run_cell(task.cell, replace(lab, report_dir=staging))
         cell = task.cell
         folder = staging / "cells" / cell_slug(f"{Path(cell.matrix).stem}/{cell.id}")
-        return TaskOutcome(result, worker, EvidenceBundle.pack(staging, folder))
+        bundle = EvidenceBundle.pack(staging, folder)
+        return TaskOutcome(result, worker, bundle)
     finally:
         lab.progress(task.cell.id, "")  # done
-        shutil.rmtree(staging, ignore_errors=True)
+        if bundle is None:  # else the bundle owns the staging folder
+            shutil.rmtree(staging, ignore_errors=True)
