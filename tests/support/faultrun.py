@@ -283,7 +283,12 @@ def run_matrix(
     scan = _SerialScan(lab.storage_root)
     with log.open("wb") as out:
         runner = subprocess.Popen(
-            command, cwd=ROOT, env=environment(), stdout=out, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env=environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
         )
     watch = MemoryWatch(runner.pid) if memory else None
     try:
@@ -318,6 +323,13 @@ def run_matrix(
         memory=watch,
         results=results,
     )
+
+
+def default_sigint() -> None:
+    """In a child: Ctrl-C acts as a person's would. A suite started in the background of a
+    non-interactive shell (``make test &``) runs with SIGINT ignored, and a child inherits
+    that: the runner would never see the SIGINT a test sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def signal_runner(how: signal.Signals) -> Callable[[subprocess.Popen[bytes]], None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from compatlab.signals import SigtermInterrupts, Terminated, stop_signals_deferred
+from tests.support.faultrun import default_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,6 +29,7 @@ def child(code: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
         cwd=ROOT,
+        preexec_fn=default_sigint,  # not ignored, even when the suite runs in the background
     )
 
 
