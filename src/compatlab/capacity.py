@@ -71,11 +71,7 @@ class Capacity:
 
     def fits(self, needs: Needs) -> bool:
         """Whether one such VM could ever run here (alone)."""
-        return (
-            needs.vcpus <= self.vcpus
-            and needs.memory_mib <= self.memory_mib
-            and needs.labels <= self.labels
-        )
+        return self.why_not(needs) is None
 
     def why_not(self, needs: Needs) -> str | None:
         """Why one such VM can never run here, or None when it can."""
@@ -97,14 +93,6 @@ class Capacity:
         given: dict[str, float] = {"vcpus": self.vcpus, "memory": self.memory_mib}
         given.update({f"label-{label}": self.vcpus for label in sorted(self.labels)})
         return given
-
-    def slots(self, needs: Iterable[Needs]) -> int:
-        """How many of these VMs (largest first) run here at once: for the progress line."""
-        vcpus, memory, count = self.vcpus, self.memory_mib, 0
-        for need in sorted(needs, key=lambda n: (n.vcpus, n.memory_mib), reverse=True):
-            if need.vcpus <= vcpus and need.memory_mib <= memory:
-                vcpus, memory, count = vcpus - need.vcpus, memory - need.memory_mib, count + 1
-        return count
 
 
 def cell_needs(cell: Cell, *, labels: Iterable[str] = ()) -> Needs:

@@ -29,13 +29,6 @@ def test_a_vm_fits_only_where_every_need_is_met() -> None:
     assert "label(s) kvm (the host has ['tpm'])" in said
 
 
-def test_slots_never_overcommit() -> None:
-    host = Capacity(vcpus=2, memory_mib=1000)
-    assert host.slots([Needs(1, 400)] * 5) == 2  # vCPUs bound it
-    assert host.slots([Needs(1, 600)] * 5) == 1  # memory bounds it
-    assert host.slots([Needs(2, 100), Needs(1, 100)]) == 1
-
-
 def test_resources_name_labels_so_an_engine_can_place_by_them() -> None:
     needs = Needs(2, 512, frozenset({"tpm"}))
     assert needs.resources() == {"vcpus": 2, "memory": 512, "label-tpm": 1}
