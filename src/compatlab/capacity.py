@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOST_RESERVE_MIB",
+    "IN_SERVICE",
     "QEMU_OVERHEAD_MIB",
     "Capacity",
     "Needs",
@@ -42,6 +43,12 @@ QEMU_OVERHEAD_MIB = 192
 HOST_RESERVE_MIB = 1024
 
 
+#: A resource every cell needs one unit of and every host offers while it is in service: a host
+#: drained for a health check (``compatlab.engine.health``) offers none, so the engine places no
+#: new cell there, while the cells already running on it finish.
+IN_SERVICE = "in-service"
+
+
 @dataclass(frozen=True)
 class Needs:
     """What one cell's VM takes from its host while it runs."""
@@ -51,9 +58,11 @@ class Needs:
     labels: frozenset[str] = frozenset()
 
     def resources(self) -> dict[str, float]:
-        """As an engine's resource request: ``vcpus``, ``memory`` (MiB), one unit per label."""
+        """As an engine's resource request: ``vcpus``, ``memory`` (MiB), one unit per label,
+        and one unit of :data:`IN_SERVICE`."""
         wanted: dict[str, float] = {"vcpus": self.vcpus, "memory": self.memory_mib}
         wanted.update({f"label-{label}": 1 for label in sorted(self.labels)})
+        wanted[IN_SERVICE] = 1
         return wanted
 
 
@@ -92,6 +101,7 @@ class Capacity:
         run; vCPUs and memory do."""
         given: dict[str, float] = {"vcpus": self.vcpus, "memory": self.memory_mib}
         given.update({f"label-{label}": self.vcpus for label in sorted(self.labels)})
+        given[IN_SERVICE] = self.vcpus
         return given
 
 

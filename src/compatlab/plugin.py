@@ -234,11 +234,14 @@ class CellItem(pytest.Item):
             pytest.skip(f"finished in the resumed run: {done}")
         queue = session.queue()
         # Every selected cell goes to the engine at the first item; this one waits for its own.
-        queue.submit([c for c in session.cells if c is not None])
+        cells = [c for c in session.cells if c is not None]
+        queue.submit(cells)
         progress = session.lab_run().progress
+        progress.plan(len(cells))
         try:
             result = queue.wait(self.cell, tick=progress.render)
         finally:
+            progress.finished(self.cell.id)
             progress.clear()
         self.user_properties.append((_RESULT_PROPERTY, json.dumps(result.as_json())))
         if result.verdict is not Verdict.PASS:
@@ -363,7 +366,7 @@ class _Session:
                 report_dir=self.report_dir,
                 template_dir=self.template_dir,
                 settings=self.settings,
-                progress=Progress(self.config),
+                progress=Progress.for_config(self.config),
                 checks=lambda channel, cell: [check(channel, cell) for check in self.checks],
             )
         return self._run

@@ -8,6 +8,7 @@ import pytest
 
 from compatlab.capacity import (
     HOST_RESERVE_MIB,
+    IN_SERVICE,
     QEMU_OVERHEAD_MIB,
     Capacity,
     Needs,
@@ -31,9 +32,11 @@ def test_a_vm_fits_only_where_every_need_is_met() -> None:
 
 def test_resources_name_labels_so_an_engine_can_place_by_them() -> None:
     needs = Needs(2, 512, frozenset({"tpm"}))
-    assert needs.resources() == {"vcpus": 2, "memory": 512, "label-tpm": 1}
+    assert needs.resources() == {"vcpus": 2, "memory": 512, "label-tpm": 1, IN_SERVICE: 1}
     host = Capacity(3, 2048, frozenset({"tpm", "kvm"}))
-    assert host.resources() == {"vcpus": 3, "memory": 2048, "label-kvm": 3, "label-tpm": 3}
+    assert host.resources() == {
+        "vcpus": 3, "memory": 2048, "label-kvm": 3, "label-tpm": 3, IN_SERVICE: 3
+    }
 
 
 def test_the_machines_capacity_is_its_cpus_and_available_memory_less_a_reserve(

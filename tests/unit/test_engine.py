@@ -7,10 +7,6 @@ runs through the same engine.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +18,8 @@ import pytest
 from compatlab.capacity import Capacity
 from compatlab.engine import DaskEngine, EvidenceBundle
 from compatlab.engine import task as engine_task
-from compatlab.errors import LabError, MatrixError
+from compatlab.errors import MatrixError
 from compatlab.lab.connection import Hypervisor
-from compatlab.lab.storage import cell_slug
 from compatlab.matrix import Cell, load_matrix
 from compatlab.model import Verdict
 from compatlab.run import load_lab_settings
@@ -36,14 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = "scenario: {boots: 1, boot_timeout: 20, bake: 0.1, baseline: never, rollback: false}\n"
 
 
-def cells(tmp_path: Path, hardware: tuple[str, ...] = ("bios-1cpu",)) -> list[Cell]:
+def cells(
+    tmp_path: Path, hardware: tuple[str, ...] = ("bios-1cpu",), scenario: str = SCENARIO
+) -> list[Cell]:
     root = make_project(tmp_path / "project", builds=("lin",), hardware=hardware)
     for name in ("av", "edr", "dlp", "candidate"):
         (root / "payloads" / name).mkdir(parents=True, exist_ok=True)
         (root / "payloads" / name / "install.sh").write_text("exit 0\n")
     hw = ", ".join(hardware)
     body = f"axes: {{build: [lin], hardware: [{hw}], products: [[], [av], [edr], [dlp]]}}\n"
-    return list(load_matrix(matrix(root, body + SCENARIO), catalog_root=root).cells)
+    return list(load_matrix(matrix(root, body + scenario), catalog_root=root).cells)
 
 
 # -- configs/lab.yaml ---------------------------------------------------------------------------
@@ -206,122 +203,3 @@ def test_a_stopping_run_tears_down_the_running_cells(hv: Hypervisor, tmp_path: P
     engine.close(stop=True)
     assert CountingMachine.running == 0
     assert not [d.name() for d in hv.domains() if d.name().startswith("compatlab-")]
-
-
-# -- a lab's scheduler and workers on 127.0.0.1 ------------------------------------------------
-
-
-def _scheduler(folder: Path, *, allowed_failures: str | None) -> tuple[subprocess.Popen[str], str]:
-    file = folder / f"scheduler-{allowed_failures}.json"
-    env = dict(os.environ)
-    if allowed_failures is not None:
-        env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = allowed_failures
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"),
-            *("--port", "0", "--dashboard-address", "127.0.0.1:0", "--no-show"),
-            *("--scheduler-file", str(file)),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not file.exists() or not file.read_text().strip():
-        assert proc.poll() is None and time.monotonic() < deadline, "the scheduler did not start"
-        time.sleep(0.1)
-    import json
-
-    return proc, str(json.loads(file.read_text())["address"])
-
-
-def _worker(folder: Path, scheduler: str, name: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "COMPATLAB_TEST_MARKS": str(folder / "marks"),
-        "COMPATLAB_TEST_BOOT": "3",
-    }
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "compatlab.cli", "worker", "--scheduler", scheduler),
-            *("--vcpus", "1", "--memory", "65536", "--storage", str(folder / name)),
-            *("--uri", "test:///default", "--name", name, "--project", str(ROOT)),
-            *("--preload", "tests.support.enginestandins"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-def _stop(*procs: subprocess.Popen[str]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_a_worker_lost_mid_cell_is_a_lab_failure_and_the_cell_runs_once_elsewhere(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "marks").mkdir()
-    scheduler, address = _scheduler(tmp_path, allowed_failures="0")
-    workers = [_worker(tmp_path, address, f"w{n}") for n in (1, 2)]
-    engine = DaskEngine(
-        run_id="engine-lab",
-        report_dir=tmp_path / "report",
-        scheduler=address,
-        capacity=Capacity(1, 1),  # a lab's engine asks its workers, not this
-        attempts=2,
-    )
-    try:
-        engine.start()
-        deadline = time.monotonic() + 60
-        while len(engine.workers()) < 2:
-            assert time.monotonic() < deadline, "the workers did not join"
-            time.sleep(0.2)
-        first = cells(tmp_path)[0]
-        handle = engine.submit(first)
-        slug = cell_slug(first.id)
-        deadline = time.monotonic() + 60
-        while not (marks := list((tmp_path / "marks").glob(f"{slug}.*"))):
-            assert time.monotonic() < deadline, "the cell never started"
-            time.sleep(0.05)
-        pid = int(marks[0].name.rsplit(".", 1)[1])
-        victim = next(w for w in workers if w.pid == pid)
-        victim.kill()  # mid-boot: the boot takes 3 s
-        result = handle.wait()
-    finally:
-        engine.close()
-        _stop(*workers, scheduler)
-    assert result.verdict is Verdict.PASS, result.reason
-    assert result.attempts == 2
-    lost = [e for e in result.events if e.kind == "worker_lost"]
-    assert len(lost) == 1 and "KilledWorker" in lost[0].detail, lost
-    started = sorted(m.name for m in (tmp_path / "marks").glob(f"{slug}.*"))
-    assert len(started) == 2 and started[0] != started[1], "ran once on each worker, no more"
-
-
-def test_a_scheduler_that_would_rerun_a_cell_by_itself_is_refused(tmp_path: Path) -> None:
-    scheduler, address = _scheduler(tmp_path, allowed_failures=None)
-    engine = DaskEngine(
-        run_id="engine-lab",
-        report_dir=tmp_path / "report",
-        scheduler=address,
-        capacity=Capacity(1, 1),
-        attempts=2,
-    )
-    try:
-        with pytest.raises(LabError, match="allowed-failures: 3"):
-            engine.start()
-    finally:
-        engine.close()
-        _stop(scheduler)

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compatlab.capacity import Capacity, Needs, cell_needs
+from compatlab.capacity import IN_SERVICE, Capacity, Needs, cell_needs
+from compatlab.engine.health import HostState, health_of
 from compatlab.engine.task import CellTask, TaskOutcome, register_lab, unregister_lab
 from compatlab.errors import LabError
-from compatlab.model import CellResult, Event
+from compatlab.model import CellResult, Event, Verdict
 
 if TYPE_CHECKING:
     from compatlab.matrix import Cell
@@ -49,6 +50,8 @@ log = logging.getLogger("compatlab.engine")
 
 #: How long the controller waits for cells to tear their VMs down when the run stops.
 STOP_WAIT = 120.0
+#: How often the controller looks for cells waiting on a worker that went out of service.
+TEND_EVERY = 1.0
 #: How long closing the engine may take.
 CLOSE_WAIT = 10.0
 # A task is never run again by the scheduler after its worker died: compatlab decides.
@@ -65,6 +68,8 @@ class CellHandle:
     future: Any = None
     lost: list[str] = field(default_factory=list)
     result: CellResult | None = None
+    #: Workers where the lab failed this cell: its next attempt goes elsewhere.
+    avoid: set[str] = field(default_factory=set)
 
     def wait(self, tick: Callable[[], None] = lambda: None, poll: float = 0.5) -> CellResult:
         """Block until the cell has its one result; ``tick`` runs between polls (progress)."""
@@ -73,6 +78,7 @@ class CellHandle:
                 outcome = self.future.result(timeout=poll)
             except FutureTimeout:
                 tick()
+                self.engine.tend()
                 continue
             except (CancelledError, Exception) as exc:  # KilledWorker, CommClosedError, ...
                 if self.engine.stopping:
@@ -82,11 +88,39 @@ class CellHandle:
             self._take(outcome)
         return self.result
 
+    def move(self, away_from: str) -> None:
+        """Place the waiting attempt again, elsewhere: its worker went out of service before
+        it started there (it never ran: no attempt is lost)."""
+        self.future.cancel()
+        self.avoid.add(away_from)
+        log.warning("compatlab: %s: its worker is out of service; placed again", self.cell.id)
+        self.engine.submit_attempt(self)
+
+    def give_up(self, why: str) -> None:
+        from compatlab.scenario import infra_error_result
+
+        self.future.cancel()
+        self.result = infra_error_result(
+            self.cell, f"the lab cannot run this cell: {why}", attempts=len(self.lost)
+        )
+
     def _take(self, outcome: TaskOutcome) -> None:
         if outcome.duplicate or outcome.result is None:
             self._lost(f"the engine ran the attempt again on {outcome.worker} (refused)")
             return
         result = outcome.result
+        if (
+            result.verdict is Verdict.INFRA_ERROR
+            and outcome.address
+            and len(self.lost) + 1 < self.engine.attempts
+            and self.engine.another_host_for(self.needs, self.avoid | {outcome.address})
+        ):
+            # The lab failed on that host (after its own retries there): another host tries.
+            if outcome.evidence is not None:
+                outcome.evidence.discard()
+            self.avoid.add(outcome.address)
+            self._lost(f"lab failure on {outcome.worker}: {result.reason}")
+            return
         if outcome.evidence is not None:
             try:
                 outcome.evidence.unpack(self.engine.report_dir)
@@ -127,8 +161,10 @@ class DaskEngine:
         attempts: int,
         lab: Callable[[], LabContext] | None = None,
         stop: threading.Event | None = None,
+        progress: Callable[..., None] | None = None,
     ) -> None:
         self.run_id = run_id
+        self._progress = progress  # where a lab's workers' cell phases go (task.follow_phases)
         self.report_dir = report_dir
         self.scheduler = scheduler
         self.capacity = capacity
@@ -140,6 +176,7 @@ class DaskEngine:
         self._client: Any = None
         self._keys = itertools.count(1)
         self._handles: list[CellHandle] = []
+        self._next_tend = 0.0
 
     # -- the cluster ----------------------------------------------------------------------
 
@@ -168,6 +205,10 @@ class DaskEngine:
                 except OSError as exc:
                     raise LabError(f"cannot reach the scheduler {self.scheduler}: {exc}") from exc
                 self._refuse_rerunning_scheduler()
+                if self._progress is not None:
+                    from compatlab.engine.task import follow_phases
+
+                    follow_phases(self._client, self.run_id, self._progress)
 
     def _refuse_rerunning_scheduler(self) -> None:
         allowed = self._client.run_on_scheduler(_allowed_failures)
@@ -191,10 +232,62 @@ class DaskEngine:
         offers = self.workers()
         if not offers:
             return f"no worker is connected to the scheduler {self.scheduler}"
-        wanted = needs.resources()
-        if any(all(offer.get(k, 0) >= v for k, v in wanted.items()) for offer in offers.values()):
+        if self._fitting(needs, offers):
             return None
-        return f"no worker of {self.scheduler} offers {_describe(wanted)}"
+        return f"no worker of {self.scheduler} offers {_describe(_sized(needs))}"
+
+    def _fitting(self, needs: Needs, offers: dict[str, dict[str, float]]) -> list[str]:
+        """The workers whose host could hold such a VM, in service or not."""
+        wanted = _sized(needs)
+        return [
+            addr
+            for addr, offer in offers.items()
+            if all(offer.get(k, 0) >= v for k, v in wanted.items())
+        ]
+
+    # -- hosts: drained after lab failures, back after a health check (health.py) ---------
+
+    def _in_service(self, offers: dict[str, dict[str, float]]) -> set[str]:
+        return {addr for addr, offer in offers.items() if offer.get(IN_SERVICE, 0) > 0}
+
+    def another_host_for(self, needs: Needs, avoid: set[str]) -> bool:
+        """Whether a worker in service, not in ``avoid``, could run such a cell."""
+        if self.scheduler is None:
+            return False
+        offers = self.workers()
+        serving = self._in_service(offers)
+        return any(a not in avoid and a in serving for a in self._fitting(needs, offers))
+
+    def tend(self) -> None:
+        """Cells waiting on a worker that went out of service (the main thread, at most once
+        a second): placed again on one in service, or, when every worker that could run them
+        failed its health checks, ended ``infra_error`` instead of waiting for ever. A cell
+        already running on a drained worker finishes there."""
+        now = time.monotonic()
+        if now < self._next_tend:
+            return
+        self._next_tend = now + TEND_EVERY
+        offers = self.workers()
+        serving = self._in_service(offers)
+        out = [addr for addr in offers if addr not in serving]
+        if not out:
+            return
+        waiting = [h for h in self._handles if h.result is None and h.future is not None]
+        placed = {k: addr for addr, keys in self._client.processing().items() for k in keys}
+        executing = set().union(*self._client.run(_executing, workers=out).values())
+        states: dict[str, tuple[str, str]] = self._client.run(health_of, workers=out)
+        for handle in waiting:
+            key = handle.future.key
+            where = placed.get(key)
+            if handle.future.done() or key in executing or (where is not None and where in serving):
+                continue  # (its result is in: the next wait() takes it)
+            fitting = self._fitting(handle.needs, offers) if self.scheduler else list(offers)
+            if where is not None and any(
+                a in serving and a not in handle.avoid | {where} for a in fitting
+            ):
+                handle.move(away_from=where)
+            elif fitting and all(states.get(a, ("", ""))[0] == HostState.BAD.name for a in fitting):
+                handle.give_up("; ".join(states[a][1] for a in fitting))
 
     # -- cells ----------------------------------------------------------------------------
 
@@ -214,6 +307,7 @@ class DaskEngine:
         from compatlab.engine.task import run_cell_task
 
         key = f"compatlab-{self.run_id}-{handle.cell.id}-{next(self._keys)}"
+        elsewhere = [a for a in self.workers() if a not in handle.avoid] if handle.avoid else None
         handle.future = self._client.submit(
             run_cell_task,
             CellTask(handle.cell, self.run_id, key),
@@ -221,6 +315,8 @@ class DaskEngine:
             pure=False,
             retries=0,
             resources=handle.needs.resources(),
+            workers=elsewhere,
+            allow_other_workers=False,
         )
 
     def close(self, *, stop: bool = False) -> None:
@@ -245,6 +341,18 @@ class DaskEngine:
             except Exception as exc:
                 log.warning("compatlab: closing the engine's %s: %s", what, exc)
         self._client = self._cluster = None
+
+
+def _executing(dask_worker: Any) -> list[str]:
+    """For ``Client.run``: the keys this worker runs or has run (not those still waiting for
+    resources): a task whose result is on its way to the controller is not waiting either."""
+    waiting = ("waiting", "ready", "constrained", "fetch", "flight", "missing")
+    return [k for k, ts in dask_worker.state.tasks.items() if ts.state not in waiting]
+
+
+def _sized(needs: Needs) -> dict[str, float]:
+    """What a host must have to hold such a VM at all (not whether it is in service now)."""
+    return {k: v for k, v in needs.resources().items() if k != IN_SERVICE}
 
 
 def _allowed_failures(dask_scheduler: Any) -> int:

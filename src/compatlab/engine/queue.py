@@ -77,6 +77,7 @@ class CellQueue:
             attempts=run.settings.attempts,
             lab=run.lab,
             stop=run.stop,
+            progress=run.progress,
         )
         self._handles: dict[tuple[str, str], CellHandle] = {}
         self._started = False

@@ -24,14 +24,15 @@ import socket
 import tarfile
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compatlab.errors import LabError
-from compatlab.model import CellResult
+from compatlab.model import CellResult, Event
 
 if TYPE_CHECKING:
     from compatlab.matrix import Cell
@@ -42,10 +43,15 @@ __all__ = [
     "CellTask",
     "EvidenceBundle",
     "TaskOutcome",
+    "follow_phases",
+    "lab_for",
+    "phase_topic",
     "register_lab",
     "run_cell_task",
     "set_lab_factory",
     "unregister_lab",
+    "worker_address",
+    "worker_name",
 ]
 
 log = logging.getLogger("compatlab.engine")
@@ -79,14 +85,63 @@ def set_lab_factory(factory: Callable[[str], LabContext] | None) -> None:
         _factory = factory
 
 
-def _lab_for(run_id: str) -> LabContext:
+def phase_topic(run_id: str) -> str:
+    """The Dask event topic on which a lab's workers send run ``run_id``'s cells' phases."""
+    return f"compatlab-phases-{run_id}"
+
+
+def follow_phases(client: Any, run_id: str, progress: Callable[..., None]) -> None:
+    """The controller's side: phases sent by the lab's workers go to ``progress`` as
+    ``(cell, phase, elapsed)``. The client calls it on its own thread: it only records."""
+
+    def received(event: tuple[float, Any]) -> None:
+        try:
+            message = event[1]
+            cell, phase = str(message["cell"]), str(message["phase"])
+            elapsed = float(message["elapsed"])
+        except (TypeError, KeyError, IndexError, ValueError):
+            return  # not one of ours
+        progress(cell, phase, elapsed)
+
+    client.subscribe_topic(phase_topic(run_id), received)
+
+
+def _published(lab: LabContext, task: CellTask) -> LabContext:
+    """On a lab's worker, the cell's phases also go to the controller as Dask events
+    (``log_event``: 2.6 ms median from a worker process to the controller, measured in
+    benchmarks/results/engine_choice.json), with the seconds since the attempt began here:
+    this host's clock is not the controller's. The embedded engine's lab records them in
+    the controller's display directly."""
+    with _lock:
+        if task.run_id in _labs:
+            return lab
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return lab
+    began, topic, own = time.monotonic(), phase_topic(task.run_id), lab.progress
+
+    def publish(cell: str, phase: str) -> None:
+        own(cell, phase)
+        message = {"cell": cell, "phase": phase, "elapsed": time.monotonic() - began}
+        try:
+            worker.log_event(topic, message)
+        except Exception as exc:  # a display's line is never worth a cell
+            log.debug("compatlab: phase of %s not sent: %s", cell, exc)
+
+    return replace(lab, progress=publish)
+
+
+def lab_for(run_id: str) -> LabContext:
     with _lock:
         registered, factory = _labs.get(run_id), _factory
     if registered is not None:
         return registered()
     if factory is not None:
         return factory(run_id)
-    raise LabError(f"this worker ({_worker_name()}) has no lab for run {run_id}")
+    raise LabError(f"this worker ({worker_name()}) has no lab for run {run_id}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +161,8 @@ class TaskOutcome:
     worker: str
     evidence: EvidenceBundle | None = None
     duplicate: bool = False
+    #: The worker's address on the engine (to drain it); empty outside a worker.
+    address: str = ""
 
 
 class EvidenceBundle:
@@ -184,7 +241,7 @@ def _add_capped(tar: tarfile.TarFile, file: Path, arcname: str, size: int) -> No
     tail = FILE_LIMIT - _HEAD
     marker = (
         f"\n[compatlab: {size - FILE_LIMIT} bytes of this {size}-byte file cut here in transit "
-        f"from worker {_worker_name()}; the whole file stayed on the worker]\n"
+        f"from worker {worker_name()}; the whole file stayed on the worker]\n"
     ).encode()
     with tempfile.TemporaryFile() as capped, file.open("rb") as whole:
         shutil.copyfileobj(_Limited(whole, _HEAD), capped)
@@ -213,13 +270,22 @@ class _Limited(io.RawIOBase):
         return True
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
     try:
         from distributed import get_worker
 
         return str(get_worker().name)
     except (ImportError, ValueError):
         return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""
 
 
 def _claim(key: str) -> bool:
@@ -237,29 +303,126 @@ def _claim(key: str) -> bool:
         return bool(Lock(f"compatlab-claim-{key}").acquire(blocking=False))
 
 
+def _released(dask_worker: Any, key: str) -> bool:
+    """Whether the engine no longer wants attempt ``key``'s result.
+
+    The controller cancelled it (Ctrl-C, SIGTERM, ``-x``), or the controller is gone (killed):
+    the scheduler releases a departed client's tasks, and a task already running on a worker
+    goes to ``cancelled`` there. Dask cannot stop a running thread; the cell must stop itself.
+    """
+    state = dask_worker.state.tasks.get(key)
+    return state is None or state.state in ("cancelled", "released", "forgotten")
+
+
+def _this_worker() -> Any:
+    """The Dask worker running this task (only the task's own thread can ask), or None."""
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+class _StopWhenReleased:
+    """A stop event for one attempt: set when its run stops or the engine releases the task.
+
+    The cell watches it (as it watches its run's stop) and tears its VM down within a tick, so
+    a cancelled or orphaned attempt neither runs on for its whole length nor holds the host's
+    capacity that the scheduler has already given to other cells.
+    """
+
+    def __init__(self, key: str, run_stop: threading.Event, poll: float = 0.5) -> None:
+        self.event = threading.Event()
+        self._done = threading.Event()
+        # Asked here, on the task's thread: Dask tells only that thread which worker runs it.
+        dask_worker = _this_worker()
+        self._thread = threading.Thread(
+            target=self._watch,
+            args=(dask_worker, key, run_stop, poll),
+            name=f"watch-{key}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _watch(self, dask_worker: Any, key: str, run_stop: threading.Event, poll: float) -> None:
+        while not self._done.wait(poll):
+            if run_stop.is_set() or (dask_worker is not None and _released(dask_worker, key)):
+                self.event.set()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _staging(lab: LabContext) -> Path:
+    """A folder for one attempt's evidence, inside the run's storage folder on this host: if
+    the worker dies, the reaper removes it with the rest of the dead run's folder."""
+    from compatlab.lab.reaper import run_folder
+
+    folder = run_folder(lab.storage_root, lab.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="evidence-", dir=folder))
+
+
+def _judge_host(run_id: str, result: CellResult) -> None:
+    """This host's health after a cell (on a worker): drained after repeated lab failures,
+    before the result leaves it, so the engine places nothing more here until it is checked."""
+    try:
+        from distributed import get_worker
+
+        dask_worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    from compatlab.engine.health import worker_health
+    from compatlab.model import Verdict
+
+    worker_health(dask_worker).after_cell(
+        lab_failure=result.verdict is Verdict.INFRA_ERROR, check=lambda: _check_host(run_id)
+    )
+
+
+def _check_host(run_id: str) -> list[str]:
+    from compatlab.lab import health
+
+    try:
+        lab = lab_for(run_id)
+    except LabError as exc:
+        return [str(exc)]
+    return health.check_host(lab)
+
+
 def run_cell_task(task: CellTask) -> TaskOutcome:
     """Run one cell to a verdict on this worker (see the module's docstring)."""
     from compatlab.lab.storage import cell_slug
     from compatlab.scenario import infra_error_result, run_cell
 
-    worker = _worker_name()
+    worker, address = worker_name(), worker_address()
     if not _claim(task.key):
         log.warning("compatlab: %s ran again by the engine; refused", task.key)
-        return TaskOutcome(None, worker, duplicate=True)
+        return TaskOutcome(None, worker, duplicate=True, address=address)
     try:
-        lab = _lab_for(task.run_id)
-    except LabError as exc:
-        return TaskOutcome(infra_error_result(task.cell, str(exc)), worker)
-    staging = Path(tempfile.mkdtemp(prefix="compatlab-report-"))
+        lab = _published(lab_for(task.run_id), task)
+        staging = _staging(lab)
+    except (LabError, OSError) as exc:
+        result = infra_error_result(task.cell, str(exc))
+        _judge_host(task.run_id, result)
+        return TaskOutcome(result, worker, address=address)
     bundle = None
+    stop = _StopWhenReleased(task.key, lab.stop)
     try:
         lab.progress(task.cell.id, "starting")
-        result = run_cell(task.cell, replace(lab, report_dir=staging))
+        result = run_cell(task.cell, replace(lab, report_dir=staging, stop=stop.event))
+        # Which host ran it: what a lab engineer looks at first when one host misbehaves.
+        result.events.insert(0, Event(0.0, "engine", "placed", f"on worker {worker}"))
         cell = task.cell
         folder = staging / "cells" / cell_slug(f"{Path(cell.matrix).stem}/{cell.id}")
         bundle = EvidenceBundle.pack(staging, folder)
-        return TaskOutcome(result, worker, bundle)
+        _judge_host(task.run_id, result)
+        return TaskOutcome(result, worker, bundle, address=address)
     finally:
+        stop.close()
         lab.progress(task.cell.id, "")  # done
         if bundle is None:  # else the bundle owns the staging folder
             shutil.rmtree(staging, ignore_errors=True)

@@ -80,6 +80,9 @@ def serve(
             host=host,
             name=worker_name,
             dashboard_address=f"{host}:0",
+            # Dask's scratch space with the cells' disks, not in /tmp: a killed worker's is
+            # purged by the next worker that starts there (Dask's WorkSpace locks).
+            local_directory=str(storage / "dask"),
             preload=list(preload),
         ) as worker:
             print(
