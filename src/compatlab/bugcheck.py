@@ -11,6 +11,9 @@ Three sources, one result type (:class:`~compatlab.model.Bugcheck`):
   lines before it (``BUG: unable to handle page fault for address: ...``, ``Oops: ...``) are the
   parameters; the code is ``panic``.
 
+Each bugcheck carries its crash signature (:mod:`compatlab.signature`), made here from the same
+text: for Linux the oops and its guilty frame, for Windows the stop code's name and code.
+
 :data:`BUGCHECK_NAMES` is the single table of Windows stop-code names; ``verdict`` and
 ``report`` import it from here. Codes are written ``0x`` + upper-case hex without padding
 (``0x7E``, ``0x133``); parameters as libvirt writes them, lower-case (``0xfffff80012345678``).
@@ -24,9 +27,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from compatlab.model import Bugcheck
+from compatlab.signature import SIGNATURE_WORDS, linux_signature, strip_printk, windows_signature
 from compatlab.text import one_line, printable
 
 __all__ = [
@@ -110,11 +116,13 @@ def bugcheck_name(code: int | str) -> str:
 
 
 def _windows_bugcheck(code: int, params: Iterable[int]) -> Bugcheck:
-    return Bugcheck(
+    found = Bugcheck(
         code=format_code(code),
         name=bugcheck_name(code),
         params=tuple(f"0x{p:x}" for p in params),
     )
+    # The crash registers name no module: the title is the stop code's alone.
+    return replace(found, signature=windows_signature(found))
 
 
 # -- the domain log --------------------------------------------------------------------------------
@@ -194,8 +202,6 @@ def parse_guest_panicked(payload: str | Mapping[str, object]) -> Bugcheck | None
 
 # -- Linux serial log ------------------------------------------------------------------------------
 
-# printk prefixes: "[    3.724559] " and, with caller ids, "[ 1139.416143][ T5301] ".
-_PRINTK_PREFIX = re.compile(r"^(?:<\d>)?(?:\[\s*\d+\.\d+\])?(?:\[\s*[CT]\d+\])?\s*")
 _PANIC = re.compile(r"^Kernel panic - not syncing: .*")
 _OOPS_FIRST = re.compile(
     r"^(?:BUG: |general protection fault|kernel BUG at |Unable to handle kernel |"
@@ -203,22 +209,46 @@ _OOPS_FIRST = re.compile(
 )
 _OOPS_LINE = re.compile(r"^Oops: ")
 _BOOT = re.compile(r"^Linux version ")
+_PANIC_END = re.compile(r"^-+\[ end Kernel panic")
 # Every line the parser acts on holds one of these: the rest of a flooded log is skipped cheaply
-# (by the parser, or by a reader that hands it only the lines holding one).
-PANIC_WORDS = (
-    "Kernel panic",
-    "Linux version",
-    "BUG",
-    "Oops: ",
-    "general protection fault",
-    "Unable to handle kernel",
-    "Internal error: ",
+# (by the parser, or by a reader that hands it only the lines holding one). The signature's
+# words bring the stack frames ("+0x") and the other oops headers.
+PANIC_WORDS = tuple(
+    dict.fromkeys(
+        (
+            "Kernel panic",
+            "Linux version",
+            "BUG",
+            "Oops: ",
+            "general protection fault",
+            "Unable to handle kernel",
+            "Internal error: ",
+            *SIGNATURE_WORDS,
+        )
+    )
 )
 _WORTH_A_LOOK = re.compile("|".join(re.escape(word) for word in PANIC_WORDS))
 
+# What the signature reads of the boot that panicked, bounded whatever the guest printed: the
+# boot's first and last lines holding a panic word, and the trace panic() prints after its line.
+BOOT_LINES = 1000  # lines kept from the start of the boot, and as many from its end
+AFTER_PANIC = 200  # lines read after the panic line
+KEPT_LINE = 512  # characters of a line kept for the signature
 
-def _strip_printk(line: str) -> str:
-    return _PRINTK_PREFIX.sub("", line.rstrip("\r\n")).rstrip()
+
+class _BootLines:
+    """The lines of one boot the signature needs, at most ``2 * BOOT_LINES`` of them."""
+
+    def __init__(self) -> None:
+        self.head: list[str] = []
+        self.tail: deque[str] = deque(maxlen=BOOT_LINES)
+
+    def add(self, line: str) -> None:
+        line = line[:KEPT_LINE]
+        (self.head if len(self.head) < BOOT_LINES else self.tail).append(line)
+
+    def lines(self) -> list[str]:
+        return [*self.head, *self.tail]
 
 
 def parse_linux_panic(log: str | Iterable[str]) -> Bugcheck | None:
@@ -228,24 +258,45 @@ def parse_linux_panic(log: str | Iterable[str]) -> Bugcheck | None:
     fault ...``, ``kernel BUG at ...``) and the first ``Oops: ...`` line seen before the panic,
     in the same boot, when there are any. None when the log has no panic line. The name and
     the parameters are printable single lines of at most :data:`NAME_LENGTH` /
-    :data:`PARAM_LENGTH` characters. ``log`` may be an iterator of lines (a log read as a
-    stream): it is consumed only up to the panic.
+    :data:`PARAM_LENGTH` characters. ``signature`` titles the same crash
+    (:func:`~compatlab.signature.linux_signature` of that boot's lines). ``log`` may be an
+    iterator of lines (a log read as a stream): it is consumed up to the end of the panic's
+    trace (its ``---[ end Kernel panic`` line, the next boot, or :data:`AFTER_PANIC` lines).
     """
     lines = log.splitlines() if isinstance(log, str) else log
     headline: str | None = None
     oops: str | None = None
+    panic: str | None = None
+    boot = _BootLines()
+    after: list[str] = []
     for raw in lines:
         if not _WORTH_A_LOOK.search(raw):
             continue
-        line = _strip_printk(printable(raw))
-        if _PANIC.match(line):
-            params = tuple(p for p in (headline, oops) if p is not None)
-            return Bugcheck(code="panic", name=one_line(line, NAME_LENGTH), params=params)
-        if _BOOT.match(line):
+        line = strip_printk(printable(raw))
+        if panic is not None:  # the trace panic() prints, up to the next boot
+            if _BOOT.match(line) or len(after) >= AFTER_PANIC:
+                break
+            after.append(line[:KEPT_LINE])
+            if _PANIC_END.match(line):
+                break
+        elif _PANIC.match(line):
+            panic = line
+            boot.add(line)
+        elif _BOOT.match(line):
             # A new boot in the same log: earlier Oops lines belong to an earlier life.
             headline = oops = None
-        elif headline is None and _OOPS_FIRST.match(line):
-            headline = one_line(line, PARAM_LENGTH)
-        elif oops is None and _OOPS_LINE.match(line):
-            oops = one_line(line, PARAM_LENGTH)
-    return None
+            boot = _BootLines()
+        else:
+            boot.add(line)
+            if headline is None and _OOPS_FIRST.match(line):
+                headline = one_line(line, PARAM_LENGTH)
+            elif oops is None and _OOPS_LINE.match(line):
+                oops = one_line(line, PARAM_LENGTH)
+    if panic is None:
+        return None
+    return Bugcheck(
+        code="panic",
+        name=one_line(panic, NAME_LENGTH),
+        params=tuple(p for p in (headline, oops) if p is not None),
+        signature=linux_signature(boot.lines() + after),
+    )

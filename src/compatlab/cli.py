@@ -6,7 +6,7 @@ One subcommand per function pair: ``_add_<name>(subparsers)`` declares its argum
 ``compatlab --help`` is instant.
 
 Exit status: 0 done; 1 the lab failed (e.g. rendered XML rejected by libvirt's schema);
-2 bad input (usage, matrix, unknown cell).
+2 bad input (usage, matrix, policy, unknown cell). ``signoff``: 0 go, 1 no-go, 2 bad input.
 """
 
 from __future__ import annotations
@@ -209,17 +209,58 @@ def _gc(args: argparse.Namespace) -> int:
 
 def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "report", help="re-render index.html, evidence pages and junit.xml from results.json"
+        "report",
+        help="re-render index.html, evidence pages and junit.xml from results.json",
+        description="Re-render a run's report from its results.json and record the run in the "
+        "history (reports/history.sqlite beside the run folder; once, however often it runs).",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--history", type=Path, help="history file (default: history.sqlite beside RUN_DIR)"
+    )
+    where.add_argument(
+        "--no-history", action="store_true", help="neither record the run nor show changes"
+    )
     parser.set_defaults(handler=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
     from compatlab.report import render_report
 
-    print(f"compatlab: report: {render_report(args.run_dir)}")
+    history: Path | bool = False if args.no_history else (args.history or True)
+    print(f"compatlab: report: {render_report(args.run_dir, history=history)}")
     return EXIT_OK
+
+
+# -- signoff --------------------------------------------------------------------------------------
+
+EXIT_NO_GO = 1
+
+
+def _add_signoff(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "signoff",
+        help="decide which rollout rings the candidate may enter (exit 0 go, 1 no-go, 2 bad input)",
+        description="Apply a rollout policy to RUN_DIR/results.json; write signoff.html and "
+        "signoff.json beside the report. Exit 0 when the candidate may enter the target ring "
+        "(the policy's target, by default its last ring), 1 when it may not (or the sign-off "
+        "could not be written), 2 when the policy or the run folder is wrong.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--policy", type=Path, required=True, help="rollout policy (YAML)")
+    parser.add_argument("--ring", default=None, help="judge go / no-go for this ring instead")
+    parser.set_defaults(handler=_signoff)
+
+
+def _signoff(args: argparse.Namespace) -> int:
+    from compatlab.signoff import sign_off, summary_lines
+
+    decision, page = sign_off(args.run_dir, args.policy, target=args.ring)
+    for line in summary_lines(decision):
+        print(f"compatlab signoff: {line}")
+    print(f"compatlab signoff: {page}")
+    return EXIT_OK if decision.go else EXIT_NO_GO
 
 
 # -- worker ---------------------------------------------------------------------------------------
@@ -286,6 +327,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser
     _add_images,
     _add_xml,
     _add_report,
+    _add_signoff,
     _add_gc,
     _add_worker,
 )

@@ -9,7 +9,8 @@ a crashed guest is an observation, recorded on a timeline and turned into a verd
     CompatlabError
      ├── InputError(file, line, column, hint)     bad YAML: nothing may be started
      │    ├── MatrixError                         matrix/*.yaml
-     │    └── CatalogError                        images/, configs/hardware, configs/products
+     │    ├── CatalogError                        images/, configs/hardware, configs/products
+     │    └── PolicyError                         a rollout policy (configs/rollout.yaml)
      ├── LabError(host, domain)                   the lab failed, not the update -> infra_error
      │    ├── HypervisorError                     libvirt unreachable, API call failed
      │    ├── ImageError                          golden image missing or unreadable
@@ -37,6 +38,7 @@ __all__ = [
     "InputError",
     "LabError",
     "MatrixError",
+    "PolicyError",
     "StorageError",
 ]
 
@@ -88,6 +90,10 @@ class MatrixError(InputError):
 
 class CatalogError(InputError):
     """An image, hardware profile or product definition is malformed."""
+
+
+class PolicyError(InputError):
+    """A rollout policy is malformed, or asks for what the run did not record."""
 
 
 class LabError(CompatlabError):

@@ -22,6 +22,7 @@ __all__ = [
     "CommandRecord",
     "Event",
     "Phase",
+    "Repeat",
     "Timeline",
     "Verdict",
 ]
@@ -152,11 +153,17 @@ class Bugcheck:
     # "eventlog" (Windows' Kernel-Power 41 after the next boot). Not part of equality: the same
     # crash read from two sources is one crash.
     source: str = field(default="", compare=False)
+    # The crash's stable title (compatlab.signature), e.g. "BUG: kernel NULL pointer dereference
+    # in acme_check_neighbours [acme_sensor]" or "PAGE_FAULT_IN_NONPAGED_AREA (0x50)": what the
+    # report groups crashes by. Not part of equality either: it is derived from the crash.
+    signature: str = field(default="", compare=False)
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {"code": self.code, "name": self.name, "params": list(self.params)}
         if self.source:
             out["source"] = self.source
+        if self.signature:
+            out["signature"] = self.signature
         return out
 
     # An Event's ``data`` is a flat str -> str mapping, so a bugcheck rides on the event that saw
@@ -173,6 +180,8 @@ class Bugcheck:
         }
         if self.source:
             data["bugcheck_source"] = self.source
+        if self.signature:
+            data["bugcheck_signature"] = self.signature
         return data
 
     @classmethod
@@ -187,6 +196,7 @@ class Bugcheck:
             name=data.get("bugcheck_name", ""),
             params=tuple(p.strip() for p in params.split(",") if p.strip()),
             source=data.get("bugcheck_source", ""),
+            signature=data.get("bugcheck_signature", ""),
         )
 
 
@@ -238,6 +248,28 @@ class CommandRecord:
         }
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """One of a cell's runs when it ran N > 1 times (``--matrix-repeat N``).
+
+    The cell's own verdict is the worst of its repeats, so a cell that failed once in N never
+    reads as pass; the repeats keep the ratio the report turns into a failure rate.
+    """
+
+    verdict: Verdict
+    attribution: Attribution | None = None
+    seconds: float = 0.0
+    signature: str = ""  # the crash signature of this repeat, "" when it did not crash
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "verdict": self.verdict.value,
+            "attribution": self.attribution.value if self.attribution else None,
+            "seconds": round(self.seconds, 2),
+            "signature": self.signature,
+        }
+
+
 @dataclass
 class CellResult:
     """Everything the report needs about one cell. Serialised as a results.json cell."""
@@ -258,10 +290,17 @@ class CellResult:
     checks: list[dict[str, object]] = field(default_factory=list)
     matrix: str = ""
     attempts: int = 1
-    # Per phase of the deciding run: {"phase", "outcome", "detail", "t", "seconds"}.
+    # Per phase of the deciding run: {"phase", "outcome", "detail", "t", "seconds"}, and for a
+    # phase with bakes (baseline, boots) "cost": {"bakes": [...]}, what the guest used in each
+    # (compatlab.cost; optional: files from before it was sampled have none).
     phases: list[dict[str, object]] = field(default_factory=list)
     # Every baseline rerun without the candidate: {"n", "verdict", "reason"}.
     reruns: list[dict[str, object]] = field(default_factory=list)
+    # The share of the fleet's endpoints this cell stands for (0..1), None when the matrix
+    # gives no fleet weights: what the report sums into the failing cells' blast radius.
+    fleet_share: float | None = None
+    # Every run of the cell when it ran N > 1 times; empty when it ran once.
+    repeats: list[Repeat] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -282,5 +321,7 @@ class CellResult:
             "attempts": self.attempts,
             "phases": list(self.phases),
             "reruns": list(self.reruns),
+            "fleet_share": self.fleet_share,
+            "repeats": [r.as_json() for r in self.repeats],
             "seconds": round(self.seconds, 2),
         }

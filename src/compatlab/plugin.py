@@ -65,6 +65,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "in this process, running cells side by side up to the host's capacity)",
     )
     group.addoption(
+        "--matrix-repeat",
+        metavar="N",
+        type=int,
+        default=1,
+        help="run each cell N times; a cell's verdict is the worst of its runs, and the report "
+        "gives its failure ratio with a 95%% interval (default 1)",
+    )
+    group.addoption(
         "--matrix-resume",
         action="store_true",
         default=False,
@@ -79,6 +87,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "boots; it takes the fixtures guest and cell, and its failure makes the cell "
         "check_failed",
     )
+    from compatlab.repeats import MAX_REPEAT
+
+    repeat = config.getoption("matrix_repeat")
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise pytest.UsageError(f"--matrix-repeat must be between 1 and {MAX_REPEAT}, not {repeat}")
     paths = [Path(p) for p in config.getoption("matrix")]
     if not paths:
         return
@@ -289,6 +302,7 @@ class _Session:
         report_option = config.getoption("matrix_report")
         resume = bool(config.getoption("matrix_resume"))
         self.resume = resume
+        self.repeat = int(config.getoption("matrix_repeat"))
         if resume and not report_option:
             raise pytest.UsageError("--matrix-resume needs --matrix-report DIR (the run to resume)")
         if workerinput and "compatlab_run_id" in workerinput:
@@ -339,6 +353,7 @@ class _Session:
 
     def _open_sink(self, resume: bool) -> None:
         from compatlab.report import RunInfo
+        from compatlab.report.provenance import candidate_sha256, compatlab_version, matrix_sha256
         from compatlab.run import ReportSink
 
         # Matrices of one run normally test one candidate; where they test several (the fault
@@ -353,6 +368,10 @@ class _Session:
             candidate_version=" + ".join(version for _, version in candidates),
             started=datetime.now(UTC),
             hosts=(self.settings.uri,),
+            # What exactly was tested, for the sign-off: see compatlab.report.provenance.
+            candidate_sha256=candidate_sha256(m.candidate.payload for m in self.matrices.values()),
+            matrix_sha256=matrix_sha256(m.path for m in self.matrices.values()),
+            compatlab_version=compatlab_version(),
         )
         self.sink = ReportSink(self.report_dir, run, self.matrices.values(), resume=resume)
 
@@ -385,6 +404,7 @@ class _Session:
                 report_dir=self.report_dir,
                 scheduler=self.scheduler,
                 capacity=default_capacity(self.settings.capacity, share=xdist_share()),
+                repeat=self.repeat,
             )
         return self._queue
 

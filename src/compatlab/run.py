@@ -244,7 +244,8 @@ class ReportSink:
         write_junit(self.report_dir, self.writer.run, cells)
         ran = {(c.matrix, c.id) for c in cells}
         planned = [p for p in self.planned if (p.matrix, p.id) not in ran]
-        return render_html(self.report_dir, self.writer.run, cells, planned=planned)
+        # history=True: the run goes into reports/history.sqlite, whose changes the page shows.
+        return render_html(self.report_dir, self.writer.run, cells, planned=planned, history=True)
 
 
 def check_report_dir(path: Path) -> None:

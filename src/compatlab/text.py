@@ -39,6 +39,8 @@ _ESCAPES: Final = re.compile(
     r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c]*(?:\x1b\\|\x9c|$)"
     r"|\x1b[ -/]*[0-~]?"
 )
+# What every escape above starts with: a text without one has no escape to strip.
+_INTRODUCERS: Final = ("\x1b", "\x9b", "\x9d", "\x90", "\x98", "\x9e", "\x9f")
 # C0 but tab and newline, DEL, C1; the bidi overrides that make a terminal line read otherwise
 # than it is ("Trojan source"); lone surrogates (JSON can carry them; no stream can print them).
 # A lone CR would rewrite the line on a terminal.
@@ -179,7 +181,12 @@ class OutputBuffer:
 def printable(text: str) -> str:
     """``text`` without terminal escape sequences and control characters; ``\\n`` and ``\\t``
     stay, and a CR-LF becomes a LF."""
-    return _CONTROLS.sub("", _ESCAPES.sub("", text.replace("\r\n", "\n")))
+    text = text.replace("\r\n", "\n")
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text  # most guest text: nothing to strip, found out in C (the regexes cost 100x)
+    if any(c in text for c in _INTRODUCERS):
+        text = _ESCAPES.sub("", text)
+    return _CONTROLS.sub("", text)
 
 
 def one_line(text: str, limit: int) -> str:

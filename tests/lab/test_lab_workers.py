@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +27,13 @@ from typing import Any
 import pytest
 
 from tests.support import dasklab
-from tests.support.matrixrun import RUN_TIMEOUT, SYSTEM_URI, require_demo_lab
+from tests.support.matrixrun import RUN_TIMEOUT, STORAGE_ROOT, SYSTEM_URI, require_demo_lab
 
 pytestmark = pytest.mark.slow
 
 MATRIX = """\
-catalog: {root}
+catalog: {{images: {root}/images, hardware: {root}/configs/hardware,
+          products: {root}/configs/products}}
 candidate:
   name: acme-sensor
   version: "7.11.1"
@@ -50,27 +53,34 @@ scenario: {{boots: 1, boot_timeout: 120, bake: 1, baseline: never, rollback: fal
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, dict[str, Any]]]:
     require_demo_lab(["acme-sensor-7.11.1", "acme-av"])
     folder = tmp_path_factory.mktemp("lab")
+    # The workers' storage where QEMU's user can reach it (not under /tmp/pytest-of-root).
+    STORAGE_ROOT.mkdir(parents=True, exist_ok=True)
+    storage = Path(tempfile.mkdtemp(prefix="lab-workers-test-", dir=STORAGE_ROOT))
+    storage.chmod(0o755)
     scheduler, address = dasklab.scheduler(folder)
-    workers = {
-        name: dasklab.worker(
-            folder,
-            address,
-            name,
-            standins=False,
-            vcpus=1,
-            memory=2048,
-            log=folder / f"{name}.log",
-        )
-        for name in ("host-a", "host-b")
-    }
+    workers = {name: _start(folder, address, name, storage) for name in ("host-a", "host-b")}
     try:
         from distributed import Client
 
         with Client(address, set_as_default=False, timeout=30) as client:
             dasklab.wait_workers(client, 2)
-        yield folder, address, workers
+        yield storage, address, workers
     finally:
         dasklab.stop(*workers.values(), scheduler)
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def _start(folder: Path, address: str, name: str, storage: Path) -> subprocess.Popen[str]:
+    return dasklab.worker(
+        folder,
+        address,
+        name,
+        standins=False,
+        vcpus=1,
+        memory=2048,
+        log=folder / f"{name}.log",
+        storage=storage / name,
+    )
 
 
 def _matrix(folder: Path, products: str, builds: str = "[tinylinux-a]") -> Path:
@@ -178,9 +188,7 @@ def test_a_worker_killed_mid_cell_reruns_the_cell_on_the_other(
     assert _domains_of(victim.pid) == []
     assert not list((folder / victim_name).glob("cells/*"))
     # A worker for the next test, in its place.
-    workers[victim_name] = dasklab.worker(
-        folder, address, victim_name, standins=False, vcpus=1, memory=2048
-    )
+    workers[victim_name] = _start(tmp_path, address, victim_name, folder)
 
 
 def test_a_killed_controller_resumes_and_reports_every_cell_once(

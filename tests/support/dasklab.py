@@ -58,8 +58,10 @@ def worker(
     boot: float = 3,
     env: Mapping[str, str] = (),  # type: ignore[assignment]
     log: Path | None = None,
+    storage: Path | None = None,
 ) -> subprocess.Popen[str]:
-    """``compatlab worker`` with its own storage folder ``folder/name`` and capacity."""
+    """``compatlab worker`` with its own capacity and storage folder (``folder/name`` unless
+    ``storage``: real guests need one QEMU's user can reach, not under /tmp/pytest-of-root)."""
     environ = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
@@ -70,13 +72,18 @@ def worker(
     (folder / "marks").mkdir(exist_ok=True)
     args = [
         *(sys.executable, "-m", "compatlab.cli", "worker", "--scheduler", address),
-        *("--vcpus", str(vcpus), "--memory", str(memory), "--storage", str(folder / name)),
+        *("--vcpus", str(vcpus), "--memory", str(memory)),
+        *("--storage", str(storage or folder / name)),
         *("--name", name, "--project", str(ROOT)),
     ]
     if standins:
         args += ["--uri", "test:///default", "--preload", "tests.support.enginestandins"]
-    out = log.open("a") if log is not None else subprocess.DEVNULL
-    return subprocess.Popen(args, env=environ, stdout=out, stderr=out, text=True)
+    if log is None:
+        return subprocess.Popen(
+            args, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+        )
+    with log.open("a") as out:  # the worker has its own copy of the descriptor
+        return subprocess.Popen(args, env=environ, stdout=out, stderr=out, text=True)
 
 
 def wait_workers(client_or_engine: object, n: int, limit: float = 60) -> None:

@@ -244,7 +244,10 @@ def test_every_variant_renders_the_profile(variant: Variant) -> None:
     assert serial.get("type") == "pipe"
     assert only(serial, "source").attrib == {"path": str(spec.serial_log.with_suffix(""))}
     assert root.findall("devices/serial/log") == []  # a <log> would go through virtlogd again
-    assert only(root, "devices/memballoon").get("model") == "none"
+    # A balloon for its memory statistics (compatlab.cost), never inflated.
+    balloon = only(root, "devices/memballoon")
+    assert balloon.attrib == {"model": "virtio", "autodeflate": "off", "freePageReporting": "off"}
+    assert only(balloon, "stats").get("period") == "1"
 
 
 def test_firmware(variant: Variant) -> None:

@@ -38,6 +38,7 @@ from compatlab.bugcheck import bugcheck_name, format_code
 from compatlab.errors import GuestError
 from compatlab.guest.channel import Channel
 from compatlab.model import Bugcheck
+from compatlab.signature import windows_signature
 
 __all__ = [
     "CMD_LINE_BUDGET",
@@ -487,9 +488,12 @@ def _number(text: str, *, decimal: bool) -> int | None:
 
 def _windows_bugcheck(code: int, params: Iterable[int]) -> Bugcheck:
     # Written as bugcheck.py writes the hypervisor's: 0x50 upper-case, parameters lower-case.
-    return Bugcheck(
+    found = Bugcheck(
         code=format_code(code), name=bugcheck_name(code), params=tuple(f"0x{p:x}" for p in params)
     )
+    # Neither 41 nor 1001 names the faulting driver (7026 lists drivers that did not load, not
+    # one that crashed): the signature is the stop code's alone.
+    return replace(found, signature=windows_signature(found))
 
 
 # -- verdict inputs --------------------------------------------------------------------------

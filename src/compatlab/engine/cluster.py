@@ -70,6 +70,8 @@ class CellHandle:
     result: CellResult | None = None
     #: Workers where the lab failed this cell: its next attempt goes elsewhere.
     avoid: set[str] = field(default_factory=set)
+    #: Which run of the cell this is (``--matrix-repeat``).
+    repeat: int = 1
 
     def wait(self, tick: Callable[[], None] = lambda: None, poll: float = 0.5) -> CellResult:
         """Block until the cell has its one result; ``tick`` runs between polls (progress)."""
@@ -291,8 +293,8 @@ class DaskEngine:
 
     # -- cells ----------------------------------------------------------------------------
 
-    def submit(self, cell: Cell) -> CellHandle:
-        handle = CellHandle(cell, self, cell_needs(cell))
+    def submit(self, cell: Cell, repeat: int = 1) -> CellHandle:
+        handle = CellHandle(cell, self, cell_needs(cell), repeat=repeat)
         self._handles.append(handle)
         why = self.why_not(handle.needs)
         if why is not None:
@@ -310,7 +312,7 @@ class DaskEngine:
         elsewhere = [a for a in self.workers() if a not in handle.avoid] if handle.avoid else None
         handle.future = self._client.submit(
             run_cell_task,
-            CellTask(handle.cell, self.run_id, key),
+            CellTask(handle.cell, self.run_id, key, repeat=handle.repeat),
             key=key,
             pure=False,
             retries=0,

@@ -67,8 +67,10 @@ class CellQueue:
         report_dir: Path,
         scheduler: str | None,
         capacity: Capacity,
+        repeat: int = 1,
     ) -> None:
         self.run = run
+        self.repeat = repeat
         self.engine = DaskEngine(
             run_id=run.run_id,
             report_dir=report_dir,
@@ -79,7 +81,7 @@ class CellQueue:
             stop=run.stop,
             progress=run.progress,
         )
-        self._handles: dict[tuple[str, str], CellHandle] = {}
+        self._handles: dict[tuple[str, str], list[CellHandle]] = {}
         self._started = False
         self._error: str | None = None
         self._lock = threading.Lock()
@@ -96,18 +98,23 @@ class CellQueue:
                 self._error = str(exc)  # every cell's result says so: infra_error
                 return
             for cell in cells:
-                self._handles[_key(cell)] = self.engine.submit(cell)
+                self._handles[_key(cell)] = self._submit(cell)
+
+    def _submit(self, cell: Cell) -> list[CellHandle]:
+        return [self.engine.submit(cell, repeat=n) for n in range(1, self.repeat + 1)]
 
     def wait(self, cell: Cell, tick: Callable[[], None] = lambda: None) -> CellResult:
         """The cell's one result (submitting it alone if it was not among the first ones)."""
+        from compatlab.repeats import combine
         from compatlab.scenario import infra_error_result
 
-        handle = self._handles.get(_key(cell))
-        if handle is None:
+        handles = self._handles.get(_key(cell))
+        if handles is None:
             if self._error is not None:
                 return infra_error_result(cell, self._error)
-            handle = self._handles[_key(cell)] = self.engine.submit(cell)
-        return handle.wait(tick)
+            handles = self._handles[_key(cell)] = self._submit(cell)
+        # Each repeat is a whole run; the cell's result is the worst of them (repeats.py).
+        return combine([handle.wait(tick) for handle in handles])
 
     def close(self, *, stop: bool) -> None:
         self.engine.close(stop=stop)

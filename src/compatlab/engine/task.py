@@ -151,6 +151,8 @@ class CellTask:
     cell: Cell
     run_id: str
     key: str
+    #: Which run of the cell this is (``--matrix-repeat``): its evidence gets its own folder.
+    repeat: int = 1
 
 
 @dataclass
@@ -393,6 +395,21 @@ def _check_host(run_id: str) -> list[str]:
     return health.check_host(lab)
 
 
+def _own_folder(result: CellResult, folder: Path, repeat: int) -> Path:
+    """Move a repeat's evidence beside the cell's folder, and its artifacts' paths with it."""
+    from compatlab.repeats import evidence_prefix
+
+    moved = folder.with_name(evidence_prefix(folder.name, repeat))
+    if folder.is_dir():
+        folder.rename(moved)
+    old, new = f"cells/{folder.name}/", f"cells/{moved.name}/"
+    result.artifacts = {
+        name: new + path.removeprefix(old) if path.startswith(old) else path
+        for name, path in result.artifacts.items()
+    }
+    return moved
+
+
 def run_cell_task(task: CellTask) -> TaskOutcome:
     """Run one cell to a verdict on this worker (see the module's docstring)."""
     from compatlab.lab.storage import cell_slug
@@ -418,6 +435,8 @@ def run_cell_task(task: CellTask) -> TaskOutcome:
         result.events.insert(0, Event(0.0, "engine", "placed", f"on worker {worker}"))
         cell = task.cell
         folder = staging / "cells" / cell_slug(f"{Path(cell.matrix).stem}/{cell.id}")
+        if task.repeat > 1:
+            folder = _own_folder(result, folder, task.repeat)
         bundle = EvidenceBundle.pack(staging, folder)
         _judge_host(task.run_id, result)
         return TaskOutcome(result, worker, bundle, address=address)

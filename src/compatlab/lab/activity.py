@@ -35,6 +35,8 @@ from typing import Any
 
 import libvirt
 
+from compatlab.cost import STARVED
+
 __all__ = ["STARVED", "Activity", "describe", "from_stats", "sample", "starved"]
 
 log = logging.getLogger("compatlab.lab")
@@ -44,9 +46,9 @@ _STATS = (
     | libvirt.VIR_DOMAIN_STATS_BLOCK
     | libvirt.VIR_DOMAIN_STATS_VCPU
 )
-# A guest whose vCPUs waited for a host CPU this share of the time or more was starved by the
-# host: what it did (or did not do) in that time says nothing about the update.
-STARVED = 0.4
+# STARVED (compatlab.cost): a guest whose vCPUs waited for a host CPU that share of the time or
+# more was starved by the host: what it did (or did not do) in that time says nothing about the
+# update, and its CPU time is not compared with another bake's.
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ Semantics, by key:
 - ``strategy``: ``full`` (cartesian product) or ``pairwise`` with ``strength`` 2 or 3, a ``seed``,
   ``must_include`` rows and ``previous`` (a results.json whose cells seed the array, so growing an
   axis changes few existing cells).
+- ``fleet``: each build's, hardware profile's and product set's share of the fleet, or a file of
+  them (:mod:`compatlab.matrix.fleet`); every cell gets its configuration's ``fleet_share``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from compatlab.matrix.expand import (
     combinations,
     rows_of,
 )
+from compatlab.matrix.fleet import read_fleet
 from compatlab.matrix.model import Candidate, Matrix, ScenarioSettings, Strategy
 from compatlab.matrix.rules import (
     Axis,
@@ -70,6 +73,7 @@ MAX_INSTALLER_REBOOTS = 10
 # A full matrix is expanded in memory before constraints filter it; 2 million combinations take
 # seconds and a gigabyte. A bigger one is a pairwise matrix, or several files.
 MAX_COMBINATIONS = 2_000_000
+_OPTIONAL_KEYS = ("exclude", "include", "constraints", "strategy", "scenario", "catalog", "fleet")
 
 
 def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None = None) -> Matrix:
@@ -83,7 +87,7 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
     top = root.mapping(
         "matrix",
         required=("candidate", "axes"),
-        optional=("exclude", "include", "constraints", "strategy", "scenario", "catalog"),
+        optional=_OPTIONAL_KEYS,
     )
     catalog = _catalog(top.get("catalog"), path, catalog_root, catalogs)
     candidate, command_nodes = _candidate(top["candidate"], path.parent)
@@ -93,6 +97,7 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
         overrides, scenario_nodes = scenario_overrides(top["scenario"])
         scenario = replace(scenario, **overrides)
     space, value_nodes = _axes(top["axes"], catalog)
+    fleet = read_fleet(top["fleet"], path.parent) if "fleet" in top else None
     excludes = (
         [
             _clause(e, space, catalog, membership=False, what="exclude entry")
@@ -133,7 +138,11 @@ def load_matrix(path: Path, *, catalog_root: Path, catalogs: CatalogCache | None
 
     make = CellMaker(path, catalog, candidate, scenario, value_nodes, command_nodes, scenario_nodes)
     cells = tuple(make(row) for row in rows)
-    return Matrix(path, candidate, strategy, scenario, catalog, cells)
+    if fleet is not None:
+        cells = fleet.apply(cells)
+    return Matrix(
+        path, candidate, strategy, scenario, catalog, cells, fleet.fleet if fleet else None
+    )
 
 
 # -- sections -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from compatlab.catalog import Catalog, GoldenImage, HardwareProfile, OsFamily, Product
+from compatlab.fleet import Fleet
 from compatlab.installs import Commands
 
 __all__ = ["Candidate", "Cell", "Matrix", "ScenarioSettings", "Strategy", "cell_id"]
@@ -71,6 +72,9 @@ class Cell:
     products: tuple[Product, ...]
     candidate: Candidate
     scenario: ScenarioSettings = field(default_factory=ScenarioSettings)
+    # The share of the fleet running this cell's configuration (0..1, from the matrix's
+    # ``fleet:`` weights, see compatlab.fleet); None when the matrix gives no weights.
+    fleet_share: float | None = None
 
     @property
     def build(self) -> str:
@@ -99,6 +103,7 @@ class Matrix:
     scenario: ScenarioSettings
     catalog: Catalog
     cells: tuple[Cell, ...]
+    fleet: Fleet | None = None  # the ``fleet:`` weights, normalised; None when not given
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:

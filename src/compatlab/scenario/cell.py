@@ -177,6 +177,7 @@ def _result(
         matrix=str(cell.matrix),
         attempts=attempts,
         phases=record.phases_json(),
+        fleet_share=cell.fleet_share,
     )
     _attach(result, records, deciding=record)
     for n, rerun in enumerate(reruns, start=1):
@@ -230,4 +231,5 @@ def infra_error_result(
         seconds=seconds,
         matrix=str(cell.matrix),
         attempts=attempts,
+        fleet_share=cell.fleet_share,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from compatlab.cost import Window, phase_cost_json
 from compatlab.errors import CompatlabError
 from compatlab.model import Boot, CommandRecord, Event, Phase
 from compatlab.verdict import Finding, Observations, RunObservations, judge
@@ -26,6 +27,8 @@ class PhaseRecord:
     started: float
     ended: float | None = None
     extra: Observations = field(default_factory=Observations)
+    # What the guest used in each bake of the phase (compatlab.cost): results.json's ``cost``.
+    bakes: list[Window] = field(default_factory=list)
 
     def add(self, **changes: Any) -> None:
         self.extra = replace(self.extra, **changes)
@@ -56,15 +59,16 @@ class VMRecord:
         out: list[dict[str, object]] = []
         for record in self.phases:
             verdict, evidence = judge(self.observed.get(record.phase, Observations()))
-            out.append(
-                {
-                    "phase": record.phase.value,
-                    "outcome": verdict.value,
-                    "detail": evidence,
-                    "t": round(record.started, 3),
-                    "seconds": round((record.ended or record.started) - record.started, 2),
-                }
-            )
+            phase: dict[str, object] = {
+                "phase": record.phase.value,
+                "outcome": verdict.value,
+                "detail": evidence,
+                "t": round(record.started, 3),
+                "seconds": round((record.ended or record.started) - record.started, 2),
+            }
+            if record.bakes:
+                phase["cost"] = phase_cost_json(record.bakes)
+            out.append(phase)
         return out
 
 

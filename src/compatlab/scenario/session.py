@@ -30,10 +30,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from compatlab import cost
 from compatlab.checks.windows import WindowsEvidence
 from compatlab.errors import GuestError, HypervisorError, ImageError, LabError, RunStopped
 from compatlab.guest.readiness import ReadinessProbe
-from compatlab.lab import activity
+from compatlab.lab import activity, guest_cost
 from compatlab.lab.domain import Forward, render_cell_domain
 from compatlab.lab.evidence import CellEvidence
 from compatlab.lab.ports import PortLease, lease_port
@@ -496,9 +497,26 @@ class Session:
         self.pump(lambda: self.watcher.is_up, limit=self._boot_limit())
         return self.watcher.boots[-1].seconds
 
-    def bake(self, seconds: float) -> None:
-        """Stay up ``seconds``; a crash meanwhile is a failure of the phase."""
-        self._wait(seconds)
+    def bake(self, seconds: float, *, measure: int | None = None) -> None:
+        """Stay up ``seconds``; a crash meanwhile is a failure of the phase.
+
+        ``measure``: the boot (of the phase) this bake follows. What the guest uses meanwhile --
+        CPU, memory, disk -- is then sampled on a thread of its own (the events are watched here
+        as ever) and kept in the phase's record as one window (:mod:`compatlab.cost`); a bake
+        a failure of the guest cut short is kept too, marked so.
+        """
+        if measure is None:
+            self._wait(seconds)
+            return
+        sampler = guest_cost.Sampler(lambda: guest_cost.read(self.machine.domain))
+        sampler.start()
+        complete = False
+        try:
+            self._wait(seconds)
+            complete = True
+        finally:
+            window = cost.summarize(sampler.stop(), boot=measure, complete=complete)
+            self.current.bakes.append(window)
 
     def _wait(self, seconds: float) -> None:
         end = time.monotonic() + seconds
