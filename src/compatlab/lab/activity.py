@@ -29,15 +29,17 @@ from __future__ import annotations
 import logging
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import libvirt
 
 from compatlab.cost import STARVED
 
-__all__ = ["STARVED", "Activity", "describe", "from_stats", "sample", "starved"]
+__all__ = ["STARVED", "Activity", "describe", "first_reading", "from_stats", "sample", "starved"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("compatlab.lab")
 
@@ -69,21 +71,27 @@ class Activity:
     vcpus: int = 1
 
 
-def sample(domain: Any) -> Activity | None:
-    """The running ``virDomain``'s CPU time and disk bytes now; None where libvirt will not
-    say (domain not running, driver without statistics, connection gone). Never raises."""
-    for read in (_bulk, _per_call):
+def first_reading(domain: Any, readers: Sequence[Callable[[Any, float], T | None]]) -> T | None:
+    """The first answer of ``readers`` (the bulk stats call, then the per-call API some drivers
+    still answer) for the running ``virDomain``; None where libvirt will not say (domain not
+    running, driver without statistics, connection gone). Never raises."""
+    for read in readers:
         try:
-            activity = read(domain, time.monotonic())
+            answer = read(domain, time.monotonic())
         except libvirt.libvirtError as exc:
             log.debug("domain stats (%s) refused: %s", read.__name__.strip("_"), exc)
             continue
         except Exception:
             log.exception("reading domain stats failed")
             return None
-        if activity is not None:
-            return activity
+        if answer is not None:
+            return answer
     return None
+
+
+def sample(domain: Any) -> Activity | None:
+    """The running ``virDomain``'s CPU time and disk bytes now (see :func:`first_reading`)."""
+    return first_reading(domain, (_bulk, _per_call))
 
 
 def _bulk(domain: Any, taken: float) -> Activity | None:

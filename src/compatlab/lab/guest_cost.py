@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import libvirt
 
 from compatlab.cost import Sample
+from compatlab.lab.activity import first_reading
 
 __all__ = ["INTERVAL", "STATS", "Sampler", "from_stats", "read"]
 
@@ -53,18 +53,7 @@ INTERVAL = 1.0  # seconds between samples: the guest's balloon driver reports on
 
 def read(domain: Any) -> Sample | None:
     """The running ``virDomain``'s counters now; None where libvirt will not say. Never raises."""
-    for way in (_bulk, _per_call):
-        try:
-            sample = way(domain, time.monotonic())
-        except libvirt.libvirtError as exc:
-            log.debug("domain stats (%s) refused: %s", way.__name__.strip("_"), exc)
-            continue
-        except Exception:
-            log.exception("reading domain stats failed")
-            return None
-        if sample is not None:
-            return sample
-    return None
+    return first_reading(domain, (_bulk, _per_call))
 
 
 def _bulk(domain: Any, taken: float) -> Sample | None:
