@@ -7,6 +7,7 @@ One subcommand per function pair: ``_add_<name>(subparsers)`` declares its argum
 
 Exit status: 0 done; 1 the lab failed (e.g. rendered XML rejected by libvirt's schema);
 2 bad input (usage, matrix, policy, unknown cell). ``signoff``: 0 go, 1 no-go, 2 bad input.
+``cache prune``: 1 when layers in use kept it from its goal.
 """
 
 from __future__ import annotations
@@ -320,6 +321,88 @@ def _worker(args: argparse.Namespace) -> int:
     )
 
 
+# -- cache ----------------------------------------------------------------------------------------
+
+
+def _max_size(text: str) -> int:
+    from compatlab.cache.size import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_cache(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="cached pre-candidate layers: list, prune (exit 1: layers in use were kept)"
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = verbs.add_parser("list", help="the cached layers, least recently used first")
+    prune = verbs.add_parser(
+        "prune",
+        help="remove damaged layers and leftovers of killed builds; never a layer in use",
+        description="Remove damaged layers and what killed builds left; with --all every "
+        "layer, with --max-size the least recently used until the rest fit. A layer in use is "
+        "never removed: exit 1 when that kept the prune from its goal, 0 otherwise.",
+    )
+    prune.add_argument("--all", action="store_true", help="empty the cache")
+    prune.add_argument(
+        "--max-size", type=_max_size, metavar="SIZE", help="bound, e.g. 50G, 512MiB, bytes"
+    )
+    for verb in (listing, prune):
+        verb.add_argument(
+            "--storage-root",
+            type=Path,
+            default=Path("/var/lib/compatlab"),
+            help="lab storage root; the cache is its cache/ folder",
+        )
+    listing.set_defaults(handler=_cache_list)
+    prune.set_defaults(handler=_cache_prune)
+
+
+def _cache_list(args: argparse.Namespace) -> int:
+    from compatlab.cache import LayerStore, format_size
+
+    store = LayerStore(args.storage_root)
+    entries = store.entries()
+    if not entries:
+        print(f"compatlab cache: no cached layers in {store.root}")
+        return EXIT_OK
+    for entry in entries:
+        use = "  [in use]" if entry.in_use else ""
+        if entry.manifest is None:
+            state = f"damaged: {entry.problem}"
+        else:
+            m = entry.manifest
+            used = m.last_used.strftime("%Y-%m-%d %H:%M")
+            state = f"baseline {m.baseline_boot_seconds:.1f} s  last used {used}  {m.label}"
+        print(f"{entry.key}  {format_size(entry.bytes):>10}  {state.rstrip()}{use}")
+    total = sum(entry.bytes for entry in entries)
+    print(f"compatlab cache: {len(entries)} layers, {format_size(total)} in {store.root}")
+    return EXIT_OK
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    from compatlab.cache import LayerStore, format_size
+
+    store = LayerStore(args.storage_root)
+    report = store.prune(max_bytes=args.max_size, everything=args.all)
+    for entry in report.removed:
+        why = f" ({entry.problem})" if entry.problem else ""
+        print(f"compatlab cache: removed {entry.key}{why}")
+    for entry in report.in_use:
+        print(f"compatlab cache: kept {entry.key}: in use")
+    print(
+        f"compatlab cache: removed {len(report.removed)} layers "
+        f"({format_size(report.freed_bytes)}), {format_size(report.remaining_bytes)} left"
+    )
+    reached = not report.in_use or (
+        not args.all and args.max_size is not None and report.remaining_bytes <= args.max_size
+    )
+    return EXIT_OK if reached else EXIT_LAB
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 #: Subcommands, in --help order. Add yours here (images build, report, signoff, gc).
@@ -330,6 +413,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser
     _add_signoff,
     _add_gc,
     _add_worker,
+    _add_cache,
 )
 
 
