@@ -61,8 +61,11 @@ demo: images
 # A green `make test` means lint is clean and guests booted: COMPATLAB_REQUIRE_LAB=1 turns a
 # real-VM test that cannot reach libvirtd, the images or the payloads into a failure, not a skip
 # (tests/support/lab.py).
+# The tier without VMs runs on two xdist workers (it is CPU-bound and half the time); the real-VM
+# tier runs alone, since its guests share the same cores and a starved boot is not a result.
 test: images lint
-	@COMPATLAB_REQUIRE_LAB=1 $(PYTEST) tests
+	@COMPATLAB_REQUIRE_LAB=1 $(PYTEST) tests -m "not slow" -n 2
+	@COMPATLAB_REQUIRE_LAB=1 $(PYTEST) tests -m slow
 
 test-fast: venv
 	@$(PYTEST) tests -m "not slow"
