@@ -50,6 +50,8 @@ demo: images
 	@$(COMPATLAB) gc --quiet
 	@$(PYTEST) -p no:cacheprovider --matrix matrix/demo.yaml --matrix-report reports/demo; \
 	  status=$$?; [ $$status -le 1 ] || exit $$status
+	@$(COMPATLAB) signoff reports/demo --policy configs/rollout.yaml; \
+	  status=$$?; [ $$status -le 1 ] || exit $$status
 	@$(PYTEST) -p no:cacheprovider $(FAULT_DEMOS) --matrix-report reports/demo-faults; \
 	  status=$$?; [ $$status -le 1 ] || exit $$status
 	@$(PYTEST) -p no:cacheprovider --matrix matrix/demo-winrm.yaml --matrix-report reports/demo-winrm; \
@@ -57,6 +59,7 @@ demo: images
 	@echo "compatlab: fault demos (hang, install_failed, check_failed, a crash in the installer, at the baseline, in the uninstaller, a dead agent): $$(pwd)/reports/demo-faults/index.html"
 	@echo "compatlab: the demo over WinRM (a WinRS stand-in, not Windows): $$(pwd)/reports/demo-winrm/index.html"
 	@echo "compatlab: demo report: $$(pwd)/reports/demo/index.html"
+	@echo "compatlab: release sign-off (no-go is the demo's answer): $$(pwd)/reports/demo/signoff.html"
 
 # A green `make test` means lint is clean and guests booted: COMPATLAB_REQUIRE_LAB=1 turns a
 # real-VM test that cannot reach libvirtd, the images or the payloads into a failure, not a skip
