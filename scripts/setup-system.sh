@@ -17,6 +17,8 @@ PACKAGES=(
   python3-minimal
   # the demo sensor's kernel module is built against the guest kernel
   linux-headers-amd64 make
+  # tests/browser opens the HTML report in a headless browser, driven by selenium
+  chromium chromium-driver
 )
 
 missing=()

@@ -116,7 +116,8 @@ def serial_tail(path: Path, lines: int = SERIAL_TAIL_LINES) -> list[str]:
     Reads from the end, a window at a time, until the window holds one line more than it
     returns (so every line returned is whole), the whole file or :data:`_SERIAL_TAIL_BYTES`:
     80 lines are a few KiB, and stripping escapes from the whole 200 KiB log a boot writes cost
-    more than the rest of the page (2 ms a cell).
+    more than the rest of the page (2 ms a cell). As at that bound before, an escape string
+    (OSC, DCS) begun before the window is not seen as one: the lines from the window are shown.
     """
     with path.open("rb") as log:
         size = log.seek(0, 2)
