@@ -35,7 +35,11 @@ def test_resources_name_labels_so_an_engine_can_place_by_them() -> None:
     assert needs.resources() == {"vcpus": 2, "memory": 512, "label-tpm": 1, IN_SERVICE: 1}
     host = Capacity(3, 2048, frozenset({"tpm", "kvm"}))
     assert host.resources() == {
-        "vcpus": 3, "memory": 2048, "label-kvm": 3, "label-tpm": 3, IN_SERVICE: 3
+        "vcpus": 3,
+        "memory": 2048,
+        "label-kvm": 3,
+        "label-tpm": 3,
+        IN_SERVICE: 3,
     }
 
 
