@@ -203,3 +203,26 @@ def test_a_stopping_run_tears_down_the_running_cells(hv: Hypervisor, tmp_path: P
     engine.close(stop=True)
     assert CountingMachine.running == 0
     assert not [d.name() for d in hv.domains() if d.name().startswith("compatlab-")]
+
+
+def test_the_workers_come_from_the_scheduler_not_the_clients_refreshed_cache(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Client.scheduler_info() updates a cache and returns it; the client's own periodic
+    # refresh rewrites that cache with *no* workers (n_workers=0). Interleaved, the engine saw
+    # an empty lab and refused cells as "no worker is connected" (found by benchmarks/sim_lab.py:
+    # 7 of 5,000 cells). Here the refresh lands right after every update, deterministically.
+    from distributed import Client
+
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=1, memory_mib=64 * 1024))
+    update = Client._update_scheduler_info
+
+    async def update_then_refresh(self: Any, n_workers: int = 0) -> None:
+        await update(self, n_workers=n_workers)
+        await update(self, n_workers=0)  # the periodic refresh, in between
+
+    monkeypatch.setattr(Client, "_update_scheduler_info", update_then_refresh)
+    try:
+        assert len(engine.workers()) == 1
+    finally:
+        engine.close()

@@ -223,9 +223,13 @@ class DaskEngine:
             )
 
     def workers(self) -> dict[str, dict[str, float]]:
-        """Each worker's address and the resources it offers."""
-        info = self._client.scheduler_info(n_workers=-1)["workers"]
-        return {addr: dict(w.get("resources", {})) for addr, w in info.items()}
+        """Each worker's address and the resources it offers, asked of the scheduler now.
+
+        Not ``Client.scheduler_info()``: it returns the client's cache, which the client's own
+        periodic refresh rewrites with no workers at all -- read in between, a lab looked empty
+        and cells were refused (benchmarks/sim_lab.py: 7 of 5,000)."""
+        identity = self._client.sync(self._client.scheduler.identity, n_workers=-1)
+        return {addr: dict(w.get("resources", {})) for addr, w in identity["workers"].items()}
 
     def why_not(self, needs: Needs) -> str | None:
         """Why no worker of the engine can ever run a VM with these needs, or None."""
