@@ -60,7 +60,17 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     assert crash != STAND_INS
     write(root / "stand_ins.py", crash)
     # A developer's terminal: not a CI run (CI=true would keep the display quiet on its own).
-    for name in ("CI", "BUILD_NUMBER", "PYTEST_ADDOPTS", "NO_COLOR", "PY_COLORS"):
+    # Nor an xdist worker's child: under `make test` (-n 2) the run would inherit the worker's
+    # PYTEST_XDIST_WORKER_COUNT and take half the capacity, one cell at a time.
+    for name in (
+        "CI",
+        "BUILD_NUMBER",
+        "PYTEST_ADDOPTS",
+        "NO_COLOR",
+        "PY_COLORS",
+        "PYTEST_XDIST_WORKER",
+        "PYTEST_XDIST_WORKER_COUNT",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TERM", "xterm-256color")
     monkeypatch.setenv("COLUMNS", str(COLUMNS))
