@@ -32,11 +32,13 @@ __all__ = [
 
 # ESC [ ... final (CSI: colours, cursor moves); ESC ] ... BEL or ESC \ (OSC: window titles,
 # hyperlinks); DCS/SOS/PM/APC strings up to ST; any other two- or three-byte escape (charsets,
-# cursor save); the 8-bit CSI (U+009B) too. An escape cut off at the end of the text goes whole.
+# cursor save); the 8-bit CSI (U+009B) too. An escape cut off at the end of the text goes whole;
+# a string (OSC, DCS, ...) never ended goes to the end of its line, not of the log: a guest that
+# opens one must not blank the lines after it (a terminal would; the report must not).
 _ESCAPES: Final = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*(?:[@-~]|$)"
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c|$)"
-    r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c]*(?:\x1b\\|\x9c|$)"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c|$)?"
+    r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c\n]*(?:\x1b\\|\x9c|$)?"
     r"|\x1b[ -/]*[0-~]?"
 )
 # What every escape above starts with: a text without one has no escape to strip.

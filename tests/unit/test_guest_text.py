@@ -222,3 +222,10 @@ def test_the_failure_line_on_the_terminal_carries_no_escapes() -> None:
     assert "\x1b" not in line and "\x9b" not in line and "\r" not in line and "\x07" not in line
     assert "boom" in line
     assert len(line) < 2100
+
+
+def test_an_unterminated_string_escape_does_not_hide_the_lines_after_it() -> None:
+    # A guest (or a log cut mid-escape) that opens an OSC or DCS string and never ends it must
+    # not blank the rest of its serial log on the report: the string ends with its line.
+    text = "boot ok\n\x1b]0;never ended\nBUG: kernel NULL pointer dereference\n\x1bPdcs\npanic\n"
+    assert printable(text) == "boot ok\n\nBUG: kernel NULL pointer dereference\n\npanic\n"
