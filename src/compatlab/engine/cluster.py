@@ -99,9 +99,11 @@ class CellHandle:
         self.engine.submit_attempt(self)
 
     def give_up(self, why: str) -> None:
+        """No worker of the engine will run this cell: ``infra_error`` saying why."""
         from compatlab.scenario import infra_error_result
 
-        self.future.cancel()
+        if self.future is not None:
+            self.future.cancel()
         self.result = infra_error_result(
             self.cell, f"the lab cannot run this cell: {why}", attempts=len(self.lost)
         )
@@ -258,8 +260,6 @@ class DaskEngine:
 
     def another_host_for(self, needs: Needs, avoid: set[str]) -> bool:
         """Whether a worker in service, not in ``avoid``, could run such a cell."""
-        if self.scheduler is None:
-            return False
         offers = self.workers()
         serving = self._in_service(offers)
         return any(a not in avoid and a in serving for a in self._fitting(needs, offers))
@@ -287,7 +287,7 @@ class DaskEngine:
             where = placed.get(key)
             if handle.future.done() or key in executing or (where is not None and where in serving):
                 continue  # (its result is in: the next wait() takes it)
-            fitting = self._fitting(handle.needs, offers) if self.scheduler else list(offers)
+            fitting = self._fitting(handle.needs, offers)
             if where is not None and any(
                 a in serving and a not in handle.avoid | {where} for a in fitting
             ):
@@ -302,9 +302,7 @@ class DaskEngine:
         self._handles.append(handle)
         why = self.why_not(handle.needs)
         if why is not None:
-            from compatlab.scenario import infra_error_result
-
-            handle.result = infra_error_result(cell, f"the lab cannot run this cell: {why}")
+            handle.give_up(why)
             return handle
         self.submit_attempt(handle)
         return handle

@@ -115,11 +115,8 @@ def _published(lab: LabContext, task: CellTask) -> LabContext:
     with _lock:
         if task.run_id in _labs:
             return lab
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
+    worker = _this_worker()
+    if worker is None:
         return lab
     began, topic, own = time.monotonic(), phase_topic(task.run_id), lab.progress
 
@@ -272,33 +269,33 @@ class _Limited(io.RawIOBase):
         return True
 
 
-def worker_name() -> str:
+def _this_worker() -> Any:
+    """The Dask worker running this task (only the task's own thread can ask), or None."""
     try:
         from distributed import get_worker
 
-        return str(get_worker().name)
+        return get_worker()
     except (ImportError, ValueError):
-        return f"{socket.gethostname()}:{os.getpid()}"
+        return None
+
+
+def worker_name() -> str:
+    worker = _this_worker()
+    return f"{socket.gethostname()}:{os.getpid()}" if worker is None else str(worker.name)
 
 
 def worker_address() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except (ImportError, ValueError):
-        return ""
+    worker = _this_worker()
+    return "" if worker is None else str(worker.address)
 
 
 def _claim(key: str) -> bool:
     """Whether this is the first run of attempt ``key`` (outside a Dask worker: always)."""
-    try:
-        import dask
-        from distributed import Lock, get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
+    if _this_worker() is None:
         return True
+    import dask
+    from distributed import Lock
+
     # A lease that never expires: with the default (30 s) a rerun could take the claim of a
     # holder that died (distributed/semaphore.py, _check_lease_timeout).
     with dask.config.set({"distributed.scheduler.locks.lease-timeout": "inf"}):
@@ -314,16 +311,6 @@ def _released(dask_worker: Any, key: str) -> bool:
     """
     state = dask_worker.state.tasks.get(key)
     return state is None or state.state in ("cancelled", "released", "forgotten")
-
-
-def _this_worker() -> Any:
-    """The Dask worker running this task (only the task's own thread can ask), or None."""
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):
-        return None
 
 
 class _StopWhenReleased:
@@ -371,11 +358,8 @@ def _staging(lab: LabContext) -> Path:
 def _judge_host(run_id: str, result: CellResult) -> None:
     """This host's health after a cell (on a worker): drained after repeated lab failures,
     before the result leaves it, so the engine places nothing more here until it is checked."""
-    try:
-        from distributed import get_worker
-
-        dask_worker = get_worker()
-    except (ImportError, ValueError):
+    dask_worker = _this_worker()
+    if dask_worker is None:
         return
     from compatlab.engine.health import worker_health
     from compatlab.model import Verdict
