@@ -58,6 +58,7 @@ __all__ = [
     "bakes_from_json",
     "cell_cost",
     "compare",
+    "decimal_size",
     "format_value",
     "phase_cost_json",
     "summarize",
@@ -482,11 +483,13 @@ def format_value(unit: Unit, value: float | None) -> str:
         return f"{value:.1f} s"
     if unit == "ops/s":
         return f"{value:.1f} ops/s"
-    text = _size(value)
+    text = decimal_size(value)
     return f"{text}/s" if unit == "bytes/s" else text
 
 
-def _size(count: float) -> str:
+def decimal_size(count: float) -> str:
+    """Bytes in decimal units, as disk traffic is usually written: 1.2 MB is 1,200,000 bytes
+    (a difference may be negative)."""
     if abs(count) < 1000:
         return f"{count:.0f} B"
     value = float(count)

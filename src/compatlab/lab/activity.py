@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from compatlab.cost import STARVED
+from compatlab.cost import STARVED, decimal_size
 
 __all__ = ["STARVED", "Activity", "describe", "first_reading", "from_stats", "sample", "starved"]
 
@@ -159,7 +159,7 @@ def describe(before: Activity, after: Activity) -> str:
     share = 100 * cpu / elapsed
     text = (
         f"CPU {_percent(share)} of one vCPU over the last {_duration(elapsed)}, "
-        f"{_size(read)} read, {_size(written)} written"
+        f"{decimal_size(read)} read, {decimal_size(written)} written"
     )
     waited = after.vcpu_delay_seconds - before.vcpu_delay_seconds
     if waited > 0:
@@ -186,15 +186,3 @@ def _percent(share: float) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-
-
-def _size(count: int) -> str:
-    """Decimal units, as disk traffic is usually written: 1.2 MB is 1,200,000 bytes."""
-    if count < 1000:
-        return f"{count} B"
-    value = float(count)
-    for unit in ("kB", "MB", "GB", "TB"):
-        value /= 1000
-        if value < 999.95 or unit == "TB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
