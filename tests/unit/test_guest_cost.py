@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,15 @@ from compatlab.matrix import Cell
 from compatlab.model import Verdict
 from compatlab.report import load_results, write_results
 from tests.support.cells import run_info
+from tests.support.testdomain import test_domain
 from tests.unit.test_run_cell import Guests, cell, hv, run  # noqa: F401  (hv: a fixture)
 
 
 @pytest.fixture
 def domain(hv: Hypervisor) -> Iterator[Any]:  # noqa: F811
     """A defined, shut-off test domain with a disk and a balloon with a statistics period."""
-    name = f"compatlab-unit-{uuid.uuid4().hex[:8]}"
-    dom = hv.connection.defineXML(
-        f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
-        "<os><type>hvm</type></os><devices>"
-        f"<disk type='file' device='disk'><source file='/guest/{name}.qcow2'/>"
-        "<target dev='vda' bus='virtio'/></disk>"
-        "<memballoon model='virtio'><stats period='1'/></memballoon>"
-        "</devices></domain>"
-    )
-    yield dom
-    if name not in {d.name() for d in hv.connection.listAllDomains()}:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefine()
+    with test_domain(hv, "<memballoon model='virtio'><stats period='1'/></memballoon>") as dom:
+        yield dom
 
 
 def test_read_of_a_running_domain_has_cpu_disk_and_memory(domain: Any) -> None:

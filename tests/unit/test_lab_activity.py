@@ -4,7 +4,6 @@ driver (real libvirt API, made-up figures), ``describe`` as the pure function it
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from compatlab.lab.activity import Activity, describe, from_stats, sample
 from compatlab.lab.connection import Hypervisor
+from tests.support.testdomain import test_domain
 
 URI = "test:///default"
 
@@ -25,21 +25,10 @@ def hv() -> Iterator[Hypervisor]:
 @pytest.fixture
 def domain(hv: Hypervisor) -> Iterator[Any]:
     """A defined, shut-off domain with a disk and an empty CD-ROM drive, removed afterwards."""
-    name = f"compatlab-unit-{uuid.uuid4().hex[:8]}"
-    dom = hv.connection.defineXML(
-        f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
-        "<os><type>hvm</type></os><devices>"
-        f"<disk type='file' device='disk'><source file='/guest/{name}.qcow2'/>"
-        "<target dev='vda' bus='virtio'/></disk>"
-        "<disk type='file' device='cdrom'><target dev='sdz' bus='sata'/><readonly/></disk>"
-        "</devices></domain>"
-    )
-    yield dom
-    if name not in {d.name() for d in hv.connection.listAllDomains()}:
-        return  # the test removed it
-    if dom.isActive():
-        dom.destroy()
-    dom.undefine()
+    with test_domain(
+        hv, "<disk type='file' device='cdrom'><target dev='sdz' bus='sata'/><readonly/></disk>"
+    ) as dom:
+        yield dom
 
 
 def test_sample_of_a_running_domain(domain: Any) -> None:
