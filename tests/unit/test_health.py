@@ -194,3 +194,30 @@ def test_a_drained_host_that_passes_its_check_runs_the_waiting_cells(
     # and the cells waiting for it ran there.
     verdicts = sorted(r.verdict.value for r in results)
     assert verdicts == ["infra_error", "infra_error", "pass", "pass"], [r.reason for r in results]
+
+
+def test_a_health_check_that_ends_after_its_worker_closed_ends_quietly(
+    hv: Hypervisor,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Found by CI: a drained host's check passed while the run was closing; putting the closed
+    # worker back in service raised "ConnectionPool is closed" in the health-check thread, and
+    # pytest failed the next test on that process for it.
+    import threading
+
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=1, memory_mib=64 * 1024))
+    worker = next(iter(engine._cluster.workers.values()))  # type: ignore[attr-defined]
+    release, raised = threading.Event(), []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: raised.append(args.exc_value)
+    try:
+        health = engine_health.worker_health(worker)
+        health.health.drain_after = 1
+        health.after_cell(lab_failure=True, check=lambda: (release.wait(10), [])[1])
+        engine.close()
+        release.set()
+        for thread in [t for t in threading.enumerate() if t.name == "health-check"]:
+            thread.join(10)
+    finally:
+        threading.excepthook = previous
+    assert raised == []

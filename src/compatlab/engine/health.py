@@ -136,13 +136,32 @@ class WorkerHealth:
             if again:
                 log.warning("compatlab: %s failed a health check: %s", self.worker.name, problems)
                 threading.Event().wait(RECHECK_AFTER)
+                if self._closing():
+                    return
         log.error("compatlab: %s", self.health.summary(str(self.worker.name)))
 
+    def _closing(self) -> bool:
+        from distributed.core import Status
+
+        return self.worker.status not in (Status.running, Status.paused)
+
     def _offer(self, value: float) -> None:
-        """Set this worker's IN_SERVICE, on the worker and the scheduler, before returning."""
+        """Set this worker's IN_SERVICE, on the worker and the scheduler, before returning.
+
+        A worker that is closing has nothing left to offer: a check that ends while its run
+        closes (the scheduler gone, the worker's connections closed) stops there quietly.
+        """
         from distributed.utils import sync
 
-        sync(self.worker.loop, self._set_in_service, value)
+        if self._closing():
+            log.info("compatlab: %s is closing; its health check ends", self.worker.name)
+            return
+        try:
+            sync(self.worker.loop, self._set_in_service, value)
+        except Exception:
+            if not self._closing():
+                raise
+            log.info("compatlab: %s closed during its health check", self.worker.name)
 
     async def _set_in_service(self, value: float) -> None:
         import time
