@@ -73,11 +73,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "gives its failure ratio with a 95%% interval (default 1)",
     )
     group.addoption(
+        "--matrix-cache",
+        choices=("on", "off"),
+        default="on",
+        help="on: cells start from this host's cached pre-candidate layers, built once per "
+        "configuration (the matrix's scenario: {cache: false} still opts out); off: every "
+        "cell provisions, installs its products and boots its baseline itself (default on)",
+    )
+    group.addoption(
         "--matrix-resume",
         action="store_true",
         default=False,
         help="skip cells already finished in the run folder given by --matrix-report",
     )
+
+
+def _without_cache(matrix: Matrix) -> Matrix:
+    """``--matrix-cache off``: every cell of ``matrix`` starts from its golden image."""
+    from dataclasses import replace
+
+    cells = tuple(
+        replace(cell, scenario=replace(cell.scenario, cache=False)) for cell in matrix.cells
+    )
+    return replace(matrix, cells=cells)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,6 +123,8 @@ def pytest_configure(config: pytest.Config) -> None:
             matrices[resolved] = load_matrix(
                 path, catalog_root=find_project_root(path.parent), catalogs=catalogs
             )
+            if config.getoption("matrix_cache") == "off":
+                matrices[resolved] = _without_cache(matrices[resolved])
         except InputError as exc:
             raise pytest.UsageError(str(exc)) from exc
     config.stash[_MATRICES] = matrices

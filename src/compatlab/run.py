@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from compatlab._yaml import load
+from compatlab._yaml import Node, load
+from compatlab.cache import LayerStore, parse_size
 from compatlab.capacity import Capacity
 from compatlab.errors import InputError, LabError, MatrixError
 from compatlab.guest.channel import Channel
@@ -55,6 +56,22 @@ class LabSettings:
     attempts: int = 2
     capacity: Capacity | None = None
     scheduler: str | None = None
+    #: Keep cached pre-candidate layers under ``storage_root/cache`` (``compatlab.cache``).
+    cache: bool = True
+    #: Their size bound, least recently used evicted first; None: a quarter of the file system.
+    cache_bytes: int | None = None
+
+    def layer_store(self) -> LayerStore | None:
+        """This host's layer cache, or None when the lab keeps none."""
+        if not self.cache:
+            return None
+        bound = self.cache_bytes
+        if bound is None:
+            try:
+                bound = shutil.disk_usage(self.storage_root).total // 4
+            except OSError:
+                bound = None  # no storage folder yet: the cell's own error will say so
+        return LayerStore(self.storage_root, max_bytes=bound)
 
 
 # Tries of a cell the lab failed: past a few, the lab is down and more only delays the report.
@@ -69,6 +86,8 @@ def load_lab_settings(path: Path | None) -> LabSettings:
         attempts: 2
         capacity: {vcpus: 8, memory: 16384}   # default: the machine's
         scheduler: tcp://lab-scheduler:8786   # default: an engine embedded in the runner
+        cache: {size: 50G}   # cached pre-candidate layers, least recently used evicted first
+                             # (default: a quarter of the storage file system); cache: false
 
     A remote hypervisor URI is refused: overlays, ISOs and logs are local files of whoever
     drives libvirt, so each hypervisor host runs ``compatlab worker`` and the controller names
@@ -77,7 +96,7 @@ def load_lab_settings(path: Path | None) -> LabSettings:
     if path is None:
         return LabSettings()
     root = load(path, MatrixError).mapping(
-        "lab", optional=("hosts", "storage", "attempts", "capacity", "scheduler")
+        "lab", optional=("hosts", "storage", "attempts", "capacity", "scheduler", "cache")
     )
     uri = DEFAULT_URI
     if "hosts" in root:
@@ -101,6 +120,7 @@ def load_lab_settings(path: Path | None) -> LabSettings:
             vcpus=c["vcpus"].integer("vcpus", minimum=1, maximum=4096),
             memory_mib=c["memory"].integer("memory", minimum=64, maximum=64 * 1024 * 1024),
         )
+    cache, cache_bytes = _cache_setting(root["cache"]) if "cache" in root else (True, None)
     return LabSettings(
         uri=uri,
         storage_root=Path(root["storage"].text("storage")) if "storage" in root else DEFAULT_ROOT,
@@ -109,7 +129,20 @@ def load_lab_settings(path: Path | None) -> LabSettings:
         else 2,
         capacity=capacity,
         scheduler=root["scheduler"].text("scheduler") if "scheduler" in root else None,
+        cache=cache,
+        cache_bytes=cache_bytes,
     )
+
+
+def _cache_setting(node: Node) -> tuple[bool, int | None]:
+    """``cache: false`` / ``cache: true`` / ``cache: {size: 50G}``."""
+    if not node.is_mapping():
+        return node.flag("cache"), None
+    size = node.mapping("cache", required=("size",))["size"]
+    try:
+        return True, parse_size(size.text("size"))
+    except ValueError as exc:
+        raise size.error(str(exc)) from exc
 
 
 class LabRun:
@@ -175,6 +208,7 @@ class LabRun:
             progress=self.progress,
             checks=self.checks,
             stop=self.stop,
+            layers=self.settings.layer_store(),
         )
 
     @staticmethod

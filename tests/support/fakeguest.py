@@ -81,12 +81,14 @@ class TestMachine(Machine):
 
 
 class TestStorage(CellStorage):
-    """A cell folder under a temporary root; the overlay is an empty file (no qemu-img)."""
+    """A cell folder under a temporary root; the overlay is four bytes of qcow2 magic (no
+    qemu-img)."""
 
     __test__ = False
 
-    def create_overlay(self, golden: Path) -> Path:
-        self.overlay.write_bytes(b"")
+    def create_overlay(self, golden: Path, *, layer: Path | None = None) -> Path:
+        # qcow2's magic, so the layer cache takes a builder's overlay for a disk.
+        self.overlay.write_bytes(b"QFI\xfb" + (b" on a layer" if layer is not None else b""))
         return self.overlay
 
 
@@ -209,7 +211,9 @@ class ScriptedGuest:
         self.machine.watch.record("libvirt", "reboot")
 
     def shutdown(self) -> None:
-        self.machine.watch.record("libvirt", "shutdown")
+        self._agent_alive()
+        self.ran.append("<shutdown>")
+        self.machine.domain.shutdown()  # the test driver powers off and reports it
 
 
 def scripted_lab(hypervisor: Hypervisor, folder: Path, channels: Any, **overrides: Any) -> Any:

@@ -313,6 +313,26 @@ def test_overlay_disk_on_each_bus(variant: Variant) -> None:
         assert prop.attrib == {"name": "driver", "type": "string", "value": "nvme"}
 
 
+def test_a_cached_layer_sits_between_the_overlay_and_the_golden_image(variant: Variant) -> None:
+    layer = Path("/var/lib/compatlab/cache/0123456789abcdef0123456789abcdef/layer.qcow2")
+    spec = replace(variant.spec(), layer=layer)
+    xml = render_domain_xml(spec, TEMPLATES)
+    validate_domain_xml(xml)
+    disk = only(ET.fromstring(xml), "devices/disk[@device='disk']")
+    assert only(disk, "source").get("file") == str(spec.overlay)
+    first = only(disk, "backingStore")
+    second = only(first, "backingStore")
+    # Both shared images are read-only to every cell and never relabelled.
+    assert [only(b, "source").get("file") for b in (first, second)] == [
+        str(layer),
+        str(spec.image.disk),
+    ]
+    for backing in (first, second):
+        assert only(backing, "format").get("type") == "qcow2"
+        assert only(backing, "source/seclabel").attrib == {"model": "dac", "relabel": "no"}
+    assert list(only(second, "backingStore")) == []
+
+
 def test_payload_cdrom_is_an_empty_readonly_sata_drive(variant: Variant) -> None:
     cdrom = only(render(variant.spec()), "devices/disk[@device='cdrom']")
     assert only(cdrom, "target").attrib == {"dev": "sdz", "bus": "sata"}

@@ -44,6 +44,7 @@ __all__ = [
     "ProfileNotSupported",
     "check_supported",
     "domain_name",
+    "domain_uuid",
     "render_cell_domain",
     "render_domain_xml",
     "validate_domain_xml",
@@ -105,6 +106,9 @@ class DomainSpec:
     emulator: Path | None = None
     #: Guest TCP ports forwarded from 127.0.0.1 (a user-mode NIC); empty: no NIC at all.
     forwards: tuple[Forward, ...] = ()
+    #: A cached pre-candidate layer (``compatlab.cache``) between the overlay and the golden
+    #: image; None: the overlay is directly on the golden image.
+    layer: Path | None = None
 
     def __post_init__(self) -> None:
         # Programming errors, not input errors: names come from domain_name(), paths from
@@ -123,6 +127,7 @@ class DomainSpec:
             ("nvram", self.nvram),
             ("cdrom", self.cdrom),
             ("emulator", self.emulator),
+            ("layer", self.layer),
         ):
             if path is not None and not path.is_absolute():
                 raise ValueError(f"{what} must be an absolute path, not {path}")
@@ -267,6 +272,11 @@ def _name_of(xml: str) -> str | None:
 _DOMAIN_UUIDS = UUID("5f0b8e52-3c1e-4d1a-9a57-0c8d2f6b7a11")
 
 
+def domain_uuid(run_id: str, cell_id: str) -> UUID:
+    """The UUID of a cell's domain: libvirt keeps its TPM state under it."""
+    return uuid5(_DOMAIN_UUIDS, f"{run_id}\0{cell_id}")
+
+
 def render_cell_domain(
     image: GoldenImage,
     hardware: HardwareProfile,
@@ -277,6 +287,7 @@ def render_cell_domain(
     controller: Controller,
     on_crash: CrashPolicy = "preserve",
     forwards: tuple[Forward, ...] = (),
+    layer: Path | None = None,
 ) -> str:
     """The domain XML of one VM of a cell: the one function a run and ``compatlab xml`` share.
 
@@ -286,7 +297,7 @@ def render_cell_domain(
     run_id, cell_id = storage.run_id, storage.cell_id
     spec = DomainSpec(
         name=domain_name(run_id, cell_id),
-        uuid=uuid5(_DOMAIN_UUIDS, f"{run_id}\0{cell_id}"),
+        uuid=domain_uuid(run_id, cell_id),
         accel=accel,
         image=image,
         hardware=hardware,
@@ -301,5 +312,6 @@ def render_cell_domain(
         ),
         on_crash=on_crash,
         forwards=forwards,
+        layer=layer,
     )
     return render_domain_xml(spec, template_dir)

@@ -134,15 +134,22 @@ class CellStorage:
             except OSError as exc:
                 raise self._storage_error(f"cannot create cell folder {folder}", exc) from exc
 
-    def create_overlay(self, golden: Path) -> Path:
+    def create_overlay(self, golden: Path, *, layer: Path | None = None) -> Path:
         """Create the overlay on ``golden`` (a standalone qcow2 image) and return its path.
+
+        ``layer``: a cached pre-candidate layer (a qcow2 image whose backing file is ``golden``)
+        to put the overlay on instead; the domain XML spells out the chain overlay -> layer ->
+        golden image.
 
         O(1) in the image size: only qcow2 metadata is written. Raises :class:`ImageError` when
         the golden image is missing, not a standalone qcow2 image, or not readable by the qemu
-        user; :class:`StorageError` when the overlay cannot be made (disk full, qemu-img failed).
+        user; :class:`StorageError` when the overlay cannot be made (disk full, qemu-img failed)
+        or the layer is not on the golden image.
         """
         golden = Path(golden)
         self._check_golden(golden)
+        if layer is not None:
+            self._check_layer(Path(layer), golden)
         self.create()
         if self.overlay.exists():
             raise StorageError(
@@ -158,7 +165,7 @@ class CellStorage:
                 "-F",
                 "qcow2",
                 "-b",
-                str(golden.resolve()),
+                str((layer or golden).resolve()),
                 str(self.overlay),
             )
         except StorageError:
@@ -209,6 +216,21 @@ class CellStorage:
             raise ImageError(
                 f"golden image {golden} has a backing file "
                 f"({details['backing-filename']}); golden images must be standalone",
+                host=self.host,
+            )
+
+    def _check_layer(self, layer: Path, golden: Path) -> None:
+        info = self._qemu_img("info", "-U", "--output=json", str(layer))
+        try:
+            details = json.loads(info)
+        except ValueError as exc:
+            raise StorageError(f"qemu-img info {layer}: unreadable answer", host=self.host) from exc
+        backing = details.get("full-backing-filename") or details.get("backing-filename")
+        if details.get("format") != "qcow2" or not backing:
+            raise StorageError(f"cached layer {layer} is not a qcow2 overlay", host=self.host)
+        if Path(backing).resolve() != golden.resolve():
+            raise StorageError(
+                f"cached layer {layer} is on {backing}, not on the golden image {golden}",
                 host=self.host,
             )
 

@@ -48,6 +48,10 @@ class ScenarioSettings:
     # Windows only: drivers (plain *.sys names) put under Driver Verifier's standard checks
     # after the candidate's install, before its first boot; reset at rollback.
     verifier: tuple[str, ...] = ()
+    # Start from a cached pre-candidate layer (compatlab.cache) when the lab keeps one: the
+    # first boot, the products' installs and the baseline reboot are then done once per
+    # configuration. False runs every step in every cell (``--matrix-cache off`` for a run).
+    cache: bool = True
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compatlab.errors import GuestError, LabError
+from compatlab.errors import GuestError, LabError, StorageError
 from compatlab.lab.storage import cell_slug
 from compatlab.model import Attribution, CellResult, Phase, Verdict
+from compatlab.scenario import layers
 from compatlab.scenario.context import LabContext
-from compatlab.scenario.runbook import run_book
+from compatlab.scenario.runbook import build_book, run_book
 from compatlab.scenario.session import GuestRestarted, Session, VMRecord, describe
 from compatlab.verdict import Decision, Observations, RunObservations, decide
 
 if TYPE_CHECKING:
+    from compatlab.cache import Layer
     from compatlab.matrix import Cell
 
 __all__ = ["infra_error_result", "run_cell"]
@@ -58,7 +60,7 @@ def run_cell(cell: Cell, lab: LabContext) -> CellResult:
             cell,
             f"the runner failed: {describe(exc)}",
             seconds=time.monotonic() - started,
-            attempts=sum(1 for r in records if r.with_candidate),
+            attempts=_attempts(records),
         )
         _attach(result, records)
         return result
@@ -81,7 +83,7 @@ def _run(
             if attempt < lab.attempts:
                 lab.progress(cell.id, f"lab failed ({reason}); trying again on a fresh VM")
                 time.sleep(lab.retry_wait)
-    attempts = sum(1 for r in records if r.with_candidate)
+    attempts = _attempts(records)
     if record is None:
         result = infra_error_result(
             cell, reason, seconds=time.monotonic() - started, attempts=attempts
@@ -111,6 +113,11 @@ def _run(
     return _result(cell, record, decision, records, rerun_records, started, attempts)
 
 
+def _attempts(records: list[VMRecord]) -> int:
+    """Attempts made with the candidate (a layer's builder is part of its attempt)."""
+    return len({r.part_of or r.label for r in records if r.with_candidate})
+
+
 def _reruns_wanted(cell: Cell, first: Decision) -> int:
     """How many reruns without the candidate this first decision asks for."""
     wanted = cell.scenario.baseline
@@ -131,18 +138,92 @@ def _vm(
     with_candidate: bool,
     records: list[VMRecord],
 ) -> VMRecord:
-    """One VM through the runbook, its record added to ``records`` from the start.
+    """One VM of the cell through the runbook -- from the cell's cached layer where the lab
+    keeps one (built first by a VM of its own when missing) -- its record added to ``records``
+    from the start.
 
     Raises :class:`_LabFailed` when only the lab failed. Once the guest has failed, nothing that
     goes wrong later (the lab, or a bug of the runner's) takes that failure away: it is noted on
-    the phase it happened in.
+    the phase it happened in. A configuration that fails while its layer is built gives that
+    builder's record: what a VM without the cache would have seen.
     """
-    vm = Session(cell, lab, evidence, label=label, with_candidate=with_candidate)
+    if not layers.wanted(cell, lab):
+        return _session(cell, lab, evidence, label, with_candidate, records)
+    assert lab.layers is not None
+    try:
+        key, inputs = layers.key_for(cell, lab)
+    except LabError as exc:
+        raise _LabFailed(describe(exc), VMRecord(label, with_candidate)) from exc
+
+    def build(folder: Path) -> float:
+        lab.progress(cell.id, f"building cached layer {key}")
+        builder = evidence.with_name(f"{evidence.name}-layer")
+        record = _session(
+            cell, lab, builder, f"{label}-layer", with_candidate, records, build_into=folder
+        )
+        seconds = record.layer_seconds
+        if seconds is None:
+            raise _ConfigurationFailed(record)
+        return seconds
+
+    try:
+        with lab.layers.use(key, inputs, build, label=_layer_label(cell)) as layer:
+            if layer.rebuilt_because:
+                lab.progress(cell.id, f"cached layer rebuilt: it {layer.rebuilt_because}")
+            return _session(cell, lab, evidence, label, with_candidate, records, start=layer)
+    except _ConfigurationFailed as failed:
+        return failed.record
+    except StorageError as exc:
+        # The cache's own folder (a lock, a manifest) failed: never the cell's failure.
+        log.warning("compatlab: %s: the layer cache failed (%s); starting fresh", cell.id, exc)
+        lab.progress(cell.id, f"the layer cache failed ({exc}); starting fresh")
+        return _session(cell, lab, evidence, label, with_candidate, records)
+
+
+def _layer_label(cell: Cell) -> str:
+    """For people reading ``compatlab cache list``: the configuration, without the candidate."""
+    products = "+".join(cell.product_names) or "none"
+    return f"{cell.image.name}/{cell.hardware.name}/{products}"
+
+
+class _ConfigurationFailed(Exception):
+    """The guest failed before the candidate while building its layer: nothing is published."""
+
+    def __init__(self, record: VMRecord) -> None:
+        super().__init__(record.label)
+        self.record = record
+
+
+def _session(
+    cell: Cell,
+    lab: LabContext,
+    evidence: Path,
+    label: str,
+    with_candidate: bool,
+    records: list[VMRecord],
+    *,
+    start: Layer | None = None,
+    build_into: Path | None = None,
+) -> VMRecord:
+    """One watched VM: the cell's runbook, or with ``build_into`` its layer's builder."""
+    builds_for = label.removesuffix("-layer") if build_into is not None else None
+    vm = Session(
+        cell,
+        lab,
+        evidence,
+        label=label,
+        with_candidate=with_candidate,
+        start=start,
+        builds_for=builds_for,
+    )
     records.append(vm.record)
     try:
         with vm:
             try:
-                run_book(vm)
+                if build_into is None:
+                    run_book(vm)
+                else:
+                    vm.record.layer_seconds = build_book(vm, build_into)
             except Exception as exc:
                 if not vm.record.phases or not vm.guest_failed():
                     raise

@@ -25,6 +25,7 @@ from compatlab.lab.reaper import Controller
 from compatlab.lab.storage import CellStorage
 
 if TYPE_CHECKING:
+    from compatlab.cache import LayerStore
     from compatlab.matrix import Cell
 
 __all__ = [
@@ -138,3 +139,5 @@ class LabContext:
     #: Set when the run stops while cells run side by side on the engine's threads: each
     #: cell's watcher sees it within a tick and tears its VM down (``RunStopped``).
     stop: threading.Event = field(default_factory=threading.Event)
+    #: This host's cache of pre-candidate layers; None: every cell starts from its golden image.
+    layers: LayerStore | None = None

@@ -38,8 +38,12 @@ class PhaseRecord:
 class VMRecord:
     """Everything one VM of a cell saw, phase by phase: what ``decide`` and the report read."""
 
-    label: str  # "attempt-1", "rerun-1"
+    label: str  # "attempt-1", "rerun-1", "attempt-1-layer"
     with_candidate: bool
+    #: The VM built the cached pre-candidate layer its cell's VM (``part_of``) starts from.
+    part_of: str | None = None
+    #: A builder's baseline boot seconds, set when its layer was captured (None: it failed).
+    layer_seconds: float | None = None
     phases: list[PhaseRecord] = field(default_factory=list)
     findings: tuple[Finding, ...] = ()
     observed: dict[Phase, Observations] = field(default_factory=dict)

@@ -14,6 +14,11 @@
     checks      products still healthy, no crash evidence, boot time not regressed, custom checks
     rollback    uninstall (and ``verifier /reset``), reboot, boots clean, products healthy
 
+A VM that starts from a cached pre-candidate layer (``vm.start``, :mod:`compatlab.cache`) has
+its products installed already: its first boot, from the layer, is its baseline boot. The
+layer's builder (:func:`build_book`) runs provision, products and the baseline reboot, then shuts
+the guest down cleanly and hands its disk, UEFI variables and TPM state to the cache.
+
 A rerun without the candidate (``with_candidate=False``) runs the same book and skips install
 and rollback. Every phase is watched by the hypervisor: a failure of the guest in any of them
 (:class:`GuestFailed`) ends the book there, after watching the guest settle -- so a crash in the
@@ -23,20 +28,36 @@ candidate is the configuration's; the candidate is then not installed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from compatlab.errors import LabError
 from compatlab.installs import Action
 from compatlab.model import CommandRecord, Phase
-from compatlab.scenario import checks
+from compatlab.scenario import checks, layers, power
 from compatlab.scenario.session import GuestFailed, Session
 from compatlab.scenario.steps import enable_verifier, install, reset_verifier
 
-__all__ = ["run_book"]
+__all__ = ["build_book", "run_book"]
 
 
 def run_book(vm: Session) -> None:
     """Run the VM's phases in order, until one fails. The record holds what each saw."""
+    _watched(vm, lambda: _phases(vm))
+
+
+def build_book(vm: Session, folder: Path) -> float | None:
+    """Build the cell's cached layer into ``folder``: provision, products, the baseline reboot,
+    a clean shutdown, the state captured. The baseline boot's seconds; None when the
+    configuration failed (its record says how, and nothing may be published)."""
+    built: list[float] = []
+    _watched(vm, lambda: _build(vm, folder, built))
+    return built[0] if built and not _failed(vm) else None
+
+
+def _watched(vm: Session, book: Callable[[], None]) -> None:
     try:
-        _phases(vm)
+        book()
         vm.drain()
     except GuestFailed as failed:
         vm.settle()
@@ -49,31 +70,54 @@ def run_book(vm: Session) -> None:
             vm.settle()
 
 
-def _phases(vm: Session) -> None:
-    cell, scenario = vm.cell, vm.cell.scenario
+def _failed(vm: Session) -> bool:
+    return vm.guest_failed() or any(p.extra.failed for p in vm.record.phases)
+
+
+def _provision(vm: Session) -> float:
+    """Start the VM and wait for its first boot; its seconds."""
+    cell = vm.cell
     with vm.phase(Phase.PROVISION):
         # What the cell runs on, in the timeline: the demo's WinRM images say here that their
         # WinRM service is a stand-in, not Windows.
         image = cell.image
         vm.note("scenario", "image", f"{image.name}: {image.display_name}, over {image.channel}")
+        if vm.start is not None:
+            made = vm.start.manifest
+            vm.note(
+                "scenario",
+                "cached_layer",
+                f"from cached layer {vm.start.key} ({made.label or 'no label'}, built "
+                f"{made.created:%Y-%m-%d %H:%M} UTC; its baseline boot took "
+                f"{made.baseline_boot_seconds:.1f} s)",
+            )
         vm.machine.start()
         # Ask the guest only once the hypervisor has said it started: an answer before that
         # would be dropped by the watcher, and the boot would never count as complete.
         vm.pump(lambda: vm.watcher.is_booting, limit=60.0)
         vm.probe.arm()
         try:
-            vm.boot()
+            return vm.boot()
         except GuestFailed as failed:
             if vm.watcher.crashes:
                 raise  # the image crashes on this hardware: the configuration's failure
             vm.lab_owns_failure = True
+            what = "the cached layer" if vm.start is not None else "the golden image"
             raise LabError(
-                f"the golden image did not boot: {failed.detail}",
+                f"{what} did not boot: {failed.detail}",
                 host=vm.lab.hypervisor.host,
                 domain=vm.machine.name,
             ) from failed
 
+
+def _products(vm: Session) -> bool:
+    """Install the coexisting products; False when one failed (recorded on the phase)."""
+    cell = vm.cell
     with vm.phase(Phase.PRODUCTS) as phase:
+        if vm.start is not None:
+            names = ", ".join(product.name for product in cell.products) or "none"
+            vm.note("scenario", "cached_layer", f"products installed in the cached layer: {names}")
+            return True
         for product in cell.products:
             payload = product.payload_for(cell.os_family)
             assert payload is not None  # the matrix loader checked this
@@ -81,21 +125,48 @@ def _phases(vm: Session) -> None:
             record = install(vm, payload.folder, payload.commands, "install", product.name)
             if record.meaning == "failure":
                 phase.add(install_failure=record)
-                return
+                return False
+    return True
+
+
+def _baseline_reboot(vm: Session) -> float:
+    """The configuration's clean reboot: its boot's seconds. A baseline boot that never
+    completes is the lab's failure (the first boot of the same disk just did)."""
+    power.reboot(vm)
+    try:
+        return vm.boot()
+    except GuestFailed as failed:
+        if vm.watcher.outcome is not None and vm.watcher.outcome.kind == "hang":
+            vm.lab_owns_failure = True
+            raise LabError(
+                f"the baseline boot never completed: {failed.detail}",
+                host=vm.lab.hypervisor.host,
+                domain=vm.machine.name,
+            ) from failed
+        raise
+
+
+def _build(vm: Session, folder: Path, built: list[float]) -> None:
+    _provision(vm)
+    if not _products(vm):
+        return
+    with vm.phase(Phase.BASELINE):
+        seconds = _baseline_reboot(vm)
+        vm.say("keeping the cached layer")
+        layers.capture(vm, folder)
+        built.append(seconds)
+
+
+def _phases(vm: Session) -> None:
+    scenario = vm.cell.scenario
+    first_boot = _provision(vm)
+    if not _products(vm):
+        return
 
     with vm.phase(Phase.BASELINE) as phase:
-        vm.reboot()
-        try:
-            baseline_seconds = vm.boot()
-        except GuestFailed as failed:
-            if vm.watcher.outcome is not None and vm.watcher.outcome.kind == "hang":
-                vm.lab_owns_failure = True
-                raise LabError(
-                    f"the baseline boot never completed: {failed.detail}",
-                    host=vm.lab.hypervisor.host,
-                    domain=vm.machine.name,
-                ) from failed
-            raise
+        # From a cached layer, the first boot was the configured guest's: the baseline boot,
+        # measured here beside the candidate's boots (the builder's is in the layer's note).
+        baseline_seconds = first_boot if vm.start is not None else _baseline_reboot(vm)
         # Like each boot with the candidate: up ``bake`` seconds, its cost sampled meanwhile.
         vm.say(f"baking {scenario.bake:g} s (baseline)")
         vm.bake(scenario.bake, measure=1)
@@ -118,7 +189,7 @@ def _phases(vm: Session) -> None:
     with vm.phase(Phase.BOOTS):
         for n in range(1, scenario.boots + 1):
             vm.say(f"boot {n} of {scenario.boots}")
-            vm.reboot()
+            power.reboot(vm)
             vm.boot()
             vm.say(f"baking {scenario.bake:g} s (boot {n} of {scenario.boots})")
             vm.bake(scenario.bake, measure=n)
@@ -142,7 +213,7 @@ def _phases(vm: Session) -> None:
                 return
             if scenario.verifier:
                 reset_verifier(vm)  # the configuration as it was: nothing verified
-            vm.reboot()
+            power.reboot(vm)
             vm.boot()
             failed_checks = checks.health(vm, "after rollback")
             if failed_checks:

@@ -21,7 +21,6 @@ Exceptions, and who failed:
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from compatlab import cost
 from compatlab.checks.windows import WindowsEvidence
-from compatlab.errors import GuestError, HypervisorError, ImageError, LabError, RunStopped
+from compatlab.errors import GuestError, HypervisorError, LabError, RunStopped
 from compatlab.guest.readiness import ReadinessProbe
 from compatlab.lab import activity, guest_cost
 from compatlab.lab.domain import Forward, render_cell_domain
@@ -40,6 +39,7 @@ from compatlab.lab.evidence import CellEvidence
 from compatlab.lab.ports import PortLease, lease_port
 from compatlab.lab.serial import SerialWatch
 from compatlab.model import Event, Phase
+from compatlab.scenario import layers
 from compatlab.scenario.context import LabContext, needs_network
 from compatlab.scenario.record import PhaseRecord, VMRecord, describe
 from compatlab.verdict import (
@@ -49,6 +49,7 @@ from compatlab.verdict import (
 )
 
 if TYPE_CHECKING:
+    from compatlab.cache import Layer
     from compatlab.matrix import Cell
 
 __all__ = ["GuestFailed", "GuestRestarted", "PhaseRecord", "Session", "VMRecord", "describe"]
@@ -84,14 +85,27 @@ class Session:
     """One provisioned VM of a cell. ``with Session(...) as vm:`` makes it; leaving removes it."""
 
     def __init__(
-        self, cell: Cell, lab: LabContext, evidence: Path, *, label: str, with_candidate: bool
+        self,
+        cell: Cell,
+        lab: LabContext,
+        evidence: Path,
+        *,
+        label: str,
+        with_candidate: bool,
+        start: Layer | None = None,
+        builds_for: str | None = None,
     ) -> None:
+        """``start``: the cached layer the VM starts from (None: the golden image).
+        ``builds_for``: this VM builds the cached layer for the cell's VM of that label."""
         self.cell = cell
         self.lab = lab
         self.evidence_folder = evidence
         self.epoch = time.monotonic()
-        self.record = VMRecord(label=label, with_candidate=with_candidate)
+        self.start = start
+        self.record = VMRecord(label=label, with_candidate=with_candidate, part_of=builds_for)
         suffix = "" if with_candidate else "#rerun"
+        if builds_for is not None:
+            suffix += layers.BUILDER_SUFFIX
         self.storage = lab.storages(
             lab.run_id, cell.id + suffix, root=lab.storage_root, host=lab.hypervisor.host
         )
@@ -129,8 +143,7 @@ class Session:
         if lab.stop.is_set():
             raise RunStopped("the run stopped before this cell started")
         self.storage.create()
-        self.storage.create_overlay(cell.image.disk)
-        self._seed_nvram()
+        layers.seed(cell, lab, self.storage, self.start)
         # A NIC only where the channel needs one, its ports on 127.0.0.1 leased for this VM.
         for guest_port in needs_network(cell):
             lease = lease_port(lab.storage_root, f"{lab.run_id} {cell.id}")
@@ -144,6 +157,7 @@ class Session:
             accel=lab.accel,  # type: ignore[arg-type]
             controller=lab.controller,
             forwards=self.forwards,
+            layer=self.start.disk if self.start is not None else None,
         )
         self._machine_cm = lab.machines(lab.hypervisor, xml, self.storage.folder, epoch=self.epoch)
         self.machine = self._machine_cm.__enter__()
@@ -198,22 +212,6 @@ class Session:
 
     def _keep_evidence(self) -> None:
         self.record.artifacts.update(self.evidence.keep())
-
-    def _seed_nvram(self) -> None:
-        """Start the VM's UEFI variables from the image's template (its Secure Boot keys).
-
-        libvirt keeps an NVRAM file that exists at first start; it cannot be told the template
-        itself when it autoselects the firmware (measured with libvirt 9.0).
-        """
-        template = self.cell.image.uefi_vars
-        if template is None or self.cell.hardware.firmware != "uefi":
-            return
-        try:
-            shutil.copyfile(template, self.storage.nvram)
-        except OSError as exc:
-            raise ImageError(
-                f"cannot seed UEFI variables from {template}: {exc}", host=self.lab.hypervisor.host
-            ) from exc
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -433,64 +431,6 @@ class Session:
             return self.call("ping", lambda: self.channel.ping(timeout))
         except (GuestError, GuestRestarted):
             return False
-
-    def reboot(self) -> None:
-        """Ask the guest to reboot and wait until the hypervisor sees it go down.
-
-        Until the reset is seen the watcher still counts the old boot as up, so waiting for the
-        next boot right away would count the old one. A guest that never goes down has hung in
-        its shutdown (a driver can do that): recorded as a hang in the running phase.
-        """
-        self.probe.disarm()
-        self.serial_offset = self.evidence.serial_size()
-        timeout = self.cell.scenario.boot_timeout
-        self._must_answer(timeout)
-        self.note("scenario", "reboot_requested", self.channel.name)
-        end = time.monotonic() + timeout
-        try:
-            self.call("reboot", self.channel.reboot)
-        except GuestRestarted:
-            pass  # what was asked for
-        except GuestError:
-            if self.watcher.is_up and not self.ping(5):
-                pass  # the guest went away without a reset yet: wait for it below
-            elif self.watcher.is_up:
-                raise
-        self.pump(lambda: not self.watcher.is_up or time.monotonic() >= end)
-        if self.watcher.is_up:
-            hang = f"no reset within {timeout:g} s of a reboot request"
-            self.current.add(hang=hang)
-            self.evidence.screenshot(f"{self.current.phase.value}-shutdown-hang")
-            raise GuestFailed(hang)
-        self.probe.arm()
-
-    def _must_answer(self, window: float) -> None:
-        """Before a reboot request: the guest is up, so its channel must answer within
-        ``window``. A channel that stopped answering (a candidate killed the agent) can never
-        deliver the request, so no reset is coming: that is ``unreachable`` (the guest is up, its
-        channel is dead), never a hang waited out for a reset nobody asked the guest for."""
-        if not self.watcher.is_up:
-            return
-        end = time.monotonic() + window
-        while self.watcher.is_up:
-            left = end - time.monotonic()
-            if self.ping(max(1.0, min(5.0, left))):
-                return
-            if left <= 0:
-                break
-            self._wait(min(left, 1.0))
-        if not self.watcher.is_up:
-            return  # it went down by itself meanwhile: the watcher judges that boot
-        boot = self.watcher.boots[-1]
-        detail = (
-            f"boot {boot.n}: the guest is up (it completed its boot and no crash or reset "
-            f"followed), but its channel stopped answering: no answer within {window:g} s, "
-            "so the lab's reboot request could not be delivered"
-        )
-        self.current.add(unreachable=detail)
-        self.note("scenario", "decided", f"unreachable: {detail}")
-        self.evidence.screenshot(f"{self.current.phase.value}-unreachable")
-        raise GuestFailed(detail)
 
     def boot(self) -> float:
         """Wait for the boot in progress to complete; its seconds."""
