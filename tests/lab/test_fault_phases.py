@@ -20,6 +20,9 @@ accident: the baseline crash was counted against the candidate, and only the rer
 baseline crash turned the attribution round. So its test passes on that code too; the wrong
 path itself needs a recorded timeline (a unit test), not a real guest.
 
+The same faults then run from cached pre-candidate layers (issue 12), from an empty cache of
+their own and again warm: verdicts, attributions and crash signatures must equal the fresh run's.
+
 Like ``test_scenario.py``: one ``pytest --matrix`` subprocess, whose ``results.json`` the tests
 read. The four cells run two at a time (``-n 2``): 7.2 min here (2 cores, TCG, another run's
 guests on the same cores), on the code before the fix, which retries two of them.
@@ -28,6 +31,9 @@ guests on the same cores), on the code before the fix, which retries two of them
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +41,11 @@ import pytest
 
 from tests.support.matrixrun import (
     STORAGE_ROOT,
+    SYSTEM_URI,
     Run,
     events,
     is_png,
+    leftover_domains,
     require_demo_lab,
     run_matrices,
 )
@@ -207,3 +215,63 @@ def test_dead_agent_on_a_booted_guest_is_not_a_hang(faults: Run) -> None:
     # The boot after the install got through its services: the machine is up.
     after_install = serial[serial.index("appguard: 1.0 enforcing") :]
     assert "compatlab-guest: services started" in after_install
+
+
+# -- the same faults from cached pre-candidate layers (issue 12) -----------------------------------
+
+
+def outcome(cell: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """What a cached start must not change: verdict, attribution, crash signature."""
+    signature = (cell.get("bugcheck") or {}).get("signature")
+    return cell["verdict"], cell.get("attribution"), signature
+
+
+@pytest.fixture(scope="module")
+def cached(lab_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Run]]:
+    """The fault demos from an empty cache of their own (each layer built by a builder VM), then
+    again from the layers that run left (a warm start). The folder goes at the end."""
+    storage = Path(tempfile.mkdtemp(prefix="cache-test-", dir=STORAGE_ROOT))
+    storage.chmod(0o755)  # the qemu user opens the layers by path
+    lab = tmp_path_factory.mktemp("cached") / "lab.yaml"
+    lab.write_text(f"storage: {storage}\n")
+    both = ("--matrix", INSTALL_CRASH, "--matrix", ROLLBACK_CRASH)
+    try:
+        cold = run_matrices(
+            tmp_path_factory.mktemp("cold") / "report",
+            *("-n", "2", "--matrix-cache", "on", "--matrix-hosts", str(lab)),
+            *both,
+            *("--matrix", BASELINE_CRASH, "--matrix", AGENT_DEAD),
+        )
+        warm = run_matrices(
+            tmp_path_factory.mktemp("warm") / "report",
+            *("-n", "2", "--matrix-cache", "on", "--matrix-hosts", str(lab)),
+            *both,
+        )
+        yield [cold, warm]
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def test_a_cached_start_gives_the_verdicts_a_fresh_one_gives(
+    faults: Run, cached: list[Run]
+) -> None:
+    cold, warm = cached
+    for run in (cold, warm):
+        for cell in run.results["cells"]:
+            fresh = faults.cell(cell["matrix"], cell["id"])
+            assert outcome(cell) == outcome(fresh), (
+                cell["matrix"],
+                cell["reason"],
+                fresh["reason"],
+            )
+    # Cold: the configurations that boot clean were built, the one that crashes was not.
+    flaky = cold.cell(BASELINE_CRASH, FLAKY_EDR_ID)
+    assert [p["phase"] for p in flaky["phases"]] == ["provision", "products", "baseline"]
+    # Warm: the July 2024 shape and the crashing uninstaller, each from its layer.
+    for matrix, cell_id in ((INSTALL_CRASH, OTHER_EDR_ID), (ROLLBACK_CRASH, NONE_ID)):
+        cell = warm.cell(matrix, cell_id)
+        started = [e["detail"] for e in events(cell, "cached_layer")]
+        assert any(s.startswith("from cached layer ") for s in started), cell["events"][:5]
+        assert not [e for e in cell["events"] if e["source"].startswith("attempt-1-layer/")]
+    for run in (cold, warm):
+        assert leftover_domains(SYSTEM_URI, run.run_id) == []

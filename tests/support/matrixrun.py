@@ -79,6 +79,10 @@ def environment() -> dict[str, str]:
 
 
 def pytest_command(report: Path, *args: str) -> list[str]:
+    """The command line of a run. Cells start from their golden image (``--matrix-cache off``)
+    unless ``args`` say otherwise: what a test injects a fault into is the cell's own VM, not
+    a layer's builder; the cached path has tests of its own (test_cached_cells.py)."""
+    cache = () if any(a.startswith("--matrix-cache") for a in args) else ("--matrix-cache", "off")
     return [
         sys.executable,
         "-m",
@@ -87,6 +91,7 @@ def pytest_command(report: Path, *args: str) -> list[str]:
         "no:cacheprovider",
         "--matrix-report",
         str(report),
+        *cache,
         *args,
     ]
 
@@ -147,10 +152,11 @@ def assert_nothing_left(run: Run, uri: str = SYSTEM_URI) -> None:
 
 
 def events(cell: dict[str, Any], kind: str, *, rerun: bool = False) -> list[dict[str, Any]]:
-    """The cell's events of ``kind``: the deciding VM's, or (``rerun``) its reruns'."""
-    return [
-        e for e in cell["events"] if e["kind"] == kind and e["source"].startswith("rerun-") == rerun
-    ]
+    """The cell's events of ``kind``: the deciding VM's (their sources carry no VM label), or
+    (``rerun``) its reruns'. Each VM has its own clock: never mix two VMs' events."""
+    if rerun:
+        return [e for e in cell["events"] if e["kind"] == kind and e["source"].startswith("rerun-")]
+    return [e for e in cell["events"] if e["kind"] == kind and "/" not in e["source"]]
 
 
 def is_png(path: Path) -> bool:
