@@ -94,7 +94,7 @@ def _controller(matrix: Path, address: str, report: Path, *extra: str) -> subpro
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"),
             *("--matrix", str(matrix), "--matrix-scheduler", address),
-            *("--matrix-report", str(report), *extra),
+            *("--matrix-report", str(report), "--matrix-cache", "off", *extra),
         ],
         cwd=matrix.parent,
         env={**os.environ},

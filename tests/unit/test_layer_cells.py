@@ -218,3 +218,18 @@ def test_a_bad_cache_setting_names_its_line(tmp_path: Path, text: str, said: str
     lab.write_text(text)
     with pytest.raises(MatrixError, match=said):
         load_lab_settings(lab)
+
+
+def test_a_missing_golden_image_is_the_labs_failure_said_as_without_the_cache(
+    hv: Hypervisor,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Found by reading tests/lab/test_plugin_lab.py: the key's digest looked at the disk before
+    # the storage did, and said "cannot read disk ..." instead of what a user is told elsewhere.
+    made = plain_cell(tmp_path)
+    missing = tmp_path / "gone.qcow2"
+    the_cell = dataclasses.replace(made, image=dataclasses.replace(made.image, disk=missing))
+    store = LayerStore(tmp_path / "cache-root")
+    result = run(hv, tmp_path, the_cell, Guests(), layers=store, attempts=2)
+    assert result.verdict.value == "infra_error" and result.attempts == 2
+    assert f"golden image {missing} does not exist" in result.reason

@@ -153,7 +153,9 @@ def _vm(
     try:
         key, inputs = layers.key_for(cell, lab)
     except LabError as exc:
-        raise _LabFailed(describe(exc), VMRecord(label, with_candidate)) from exc
+        record = VMRecord(label, with_candidate)  # an attempt, though no VM was made
+        records.append(record)
+        raise _LabFailed(describe(exc), record) from exc
 
     def build(folder: Path) -> float:
         lab.progress(cell.id, f"building cached layer {key}")

@@ -69,6 +69,8 @@ def key_for(cell: Cell, lab: LabContext) -> tuple[str, KeyInputs]:
     """The cell's layer key and what it is made of. Raises ImageError when the golden image or
     a payload cannot be read (a lab failure: the cell could not run either way)."""
     assert lab.layers is not None
+    if not cell.image.disk.is_file():  # said as the storage says it, whichever looks first
+        raise ImageError(f"golden image {cell.image.disk} does not exist")
     try:
         inputs = key_inputs(cell.image, cell.hardware, cell.products, lab.layers.root / ".digests")
     except OSError as exc:
