@@ -223,14 +223,32 @@ def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     where.add_argument(
         "--no-history", action="store_true", help="neither record the run nor show changes"
     )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="processes that write the evidence pages (default 1; more pay on idle CPUs)",
+    )
     parser.set_defaults(handler=_report)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _report(args: argparse.Namespace) -> int:
     from compatlab.report import render_report
 
     history: Path | bool = False if args.no_history else (args.history or True)
-    print(f"compatlab: report: {render_report(args.run_dir, history=history)}")
+    index = render_report(args.run_dir, history=history, processes=args.jobs)
+    print(f"compatlab: report: {index}")
     return EXIT_OK
 
 

@@ -5,8 +5,8 @@ Two halves, because under pytest-xdist they live in different processes:
 * :class:`LabRun` runs cells (in each worker, or in the one pytest process). It connects to the
   hypervisor lazily -- ``--collect-only`` never touches libvirt -- and on first use reaps what
   dead runs left, claims its storage folder (``owner.json``) and probes the accelerator once.
-* :class:`ReportSink` writes the report (in the controller only): results.json after every cell,
-  junit.xml and the HTML pages at the end.
+* :class:`ReportSink` writes the report (in the controller only): results.json and the cell's
+  evidence page after every cell, junit.xml and index.html at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from compatlab.lab.reaper import OWNER_FILE, Controller, reap, run_folder, write
 from compatlab.lab.storage import DEFAULT_ROOT
 from compatlab.matrix import Cell, Matrix
 from compatlab.model import CellResult
-from compatlab.report import PlannedCell, ResultsWriter, RunInfo, render_html, write_junit
+from compatlab.report import LiveReport, PlannedCell, ResultsWriter, RunInfo
 from compatlab.scenario import CheckOutcome, LabContext, infra_error_result, run_cell
 
 __all__ = ["LabRun", "LabSettings", "ReportSink", "load_lab_settings", "new_run_id"]
@@ -264,10 +264,13 @@ class ReportSink:
             for m in matrices
             for c in m.cells
         ]
+        # Each cell's evidence page is written as the cell is reported; finish() the index.
+        self.pages = LiveReport(report_dir, self.writer.run, self.planned, done=self.writer.cells)
 
     def add(self, result: CellResult) -> None:
         self.added += 1
         self.writer.add(result)
+        self.pages.add(self.writer.result(result.matrix, result.id) or result)
 
     def finish(self, *, complete: bool = True) -> Path:
         """junit.xml and the HTML pages; results.json marked complete unless the run was
@@ -275,11 +278,10 @@ class ReportSink:
         if complete:
             self.writer.finish(datetime.now(UTC))
         cells = self.writer.cells
-        write_junit(self.report_dir, self.writer.run, cells)
         ran = {(c.matrix, c.id) for c in cells}
         planned = [p for p in self.planned if (p.matrix, p.id) not in ran]
-        # history=True: the run goes into reports/history.sqlite, whose changes the page shows.
-        return render_html(self.report_dir, self.writer.run, cells, planned=planned, history=True)
+        # junit.xml, and the run into reports/history.sqlite, whose changes the index shows.
+        return self.pages.finish(self.writer.run, cells, planned)
 
 
 def check_report_dir(path: Path) -> None:

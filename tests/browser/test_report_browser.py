@@ -6,9 +6,10 @@ reason, serial log, commands and artifact paths), with ``compatlab report`` and 
 signoff RUN_DIR --policy configs/rollout.yaml``, in the test's tmp dir. Then, in the browser:
 the index opens; a verdict filter hides every other cell, says how many it shows and goes into
 the URL; a chip leads to the cell's evidence page, which shows the payloads as text; back on
-the index the filter is still applied; signoff.html opens. Each page is screenshotted
-(``<tmp>/screenshots``) and must have logged no console error and no CSP violation, and no
-payload may have run (``window.__pwned`` stays undefined).
+the index the filter is still applied; signoff.html opens. The search box finds cells by their
+crash signature, and the failing cells' rows are shown and hidden with their chips. Each page
+is screenshotted (``<tmp>/screenshots``) and must have logged no console error and no CSP
+violation, and no payload may have run (``window.__pwned`` stays undefined).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from compatlab.cli import main
 from compatlab.model import CellResult
 from compatlab.report import write_results
+from compatlab.report.crashes import crash_signatures
 from tests.support.recorded_runs import hostile_cell, recorded_run
 
 pytestmark = pytest.mark.browser
@@ -143,3 +145,38 @@ def test_every_evidence_page_opens_cleanly(
         assert browser.find_element(By.TAG_NAME, "h1").text in {c.id for c in cells}
         if n == 0:
             _shot(browser, screenshots, "cell-first")
+
+
+def test_the_search_box_finds_a_signature_and_rows_follow_their_chips(
+    browser: Any, report: tuple[Path, list[CellResult], CellResult]
+) -> None:
+    """The search box reads each failing cell's row (signature, reason) from the page, not a
+    copy in every chip; a table's row is shown or hidden with its cell's chip."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run_dir, cells, _ = report
+    browser.get_log("browser")
+    browser.get((run_dir / "index.html").as_uri() + "#q=fatal%20exception")
+    _settled(browser, "index.html, searched")
+    expected = {
+        c.id
+        for c in cells
+        if c.verdict.is_failure and "fatal exception" in (", ".join(crash_signatures(c))).lower()
+    }
+    assert expected and len(expected) < len(cells)
+    WebDriverWait(browser, 10).until(lambda b: "of" in b.find_element(By.ID, "shown").text)
+    assert {c.get_attribute("data-cell") for c in _visible_chips(browser)} == expected
+    rows = browser.find_elements(By.CSS_SELECTOR, "#failing-cells tr[data-cell]")
+    shown = {r.get_attribute("data-cell") for r in rows if r.is_displayed()}
+    assert shown == expected and len(rows) > len(shown)
+
+    search = browser.find_element(By.NAME, "q")
+    search.clear()
+    search.send_keys("no cell has this text")
+    WebDriverWait(browser, 10).until(
+        lambda b: b.find_element(By.ID, "shown").text == f"0 of {len(cells)} cells"
+    )
+    assert not [r for r in rows if r.is_displayed()]
+    assert "q=no+cell+has+this+text" in browser.execute_script("return window.location.hash")
+    _settled(browser, "index.html, nothing found")

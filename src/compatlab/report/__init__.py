@@ -5,11 +5,13 @@ Everything lands in one run folder, ``reports/<run-id>/``, and the history besid
     results.json      schema 1, rewritten atomically after every cell  (results.py, reader.py)
     junit.xml         one testcase per cell, for CI                      (junit.py)
     index.html        header, changes, filters, grid, crash groups       (html.py, index.py)
-    cells/<slug>.html one evidence page per cell                         (evidence.py, charts.py)
+    cells/<slug>.html one evidence page per cell, as the cell ends       (live.py, pages.py)
     ../history.sqlite every run's verdicts and crash signatures          (history.py, changes.py)
 
-``render_report(run_dir)`` re-renders the pages from results.json and records the run in the
-history: what ``compatlab report`` does.
+A run writes each cell's evidence page when the cell is reported (:class:`LiveReport`) and
+index.html at its end. ``render_report(run_dir)`` re-renders every page from results.json (the
+same pages byte for byte; on several processes if asked) and records the run in the history:
+what ``compatlab report`` does.
 """
 
 from compatlab.report.changes import Change, HistoryView
@@ -27,6 +29,7 @@ from compatlab.report.html import (
     summarize,
 )
 from compatlab.report.junit import JUNIT_FILE, junit_xml, write_junit
+from compatlab.report.live import LiveReport
 from compatlab.report.reader import cell_from_json, load_results
 from compatlab.report.results import ResultsWriter, write_results, write_text_atomic
 from compatlab.report.stats import BlastRadius, FailureRate, blast_radius, failure_rate
@@ -42,6 +45,7 @@ __all__ = [
     "FailureRate",
     "History",
     "HistoryView",
+    "LiveReport",
     "PlannedCell",
     "Results",
     "ResultsWriter",

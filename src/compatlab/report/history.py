@@ -20,15 +20,25 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from compatlab.errors import StorageError
 from compatlab.model import CellResult, Verdict
-from compatlab.report.changes import TREND_RUNS, HistoryView, Outcome, SignatureSeen, build_view
+from compatlab.report.changes import (
+    TREND_RUNS,
+    CellHistory,
+    HistoryView,
+    Outcome,
+    SignatureSeen,
+    build_view,
+    classify,
+    trend,
+)
 from compatlab.report.crashes import crash_signatures
 from compatlab.report.document import RunInfo
 
@@ -95,6 +105,17 @@ SELECT matrix, cell_id, verdict, failed_repeats, repeats,
 FROM ranked WHERE n <= :limit ORDER BY matrix, cell_id, n
 """
 
+# One cell's earlier results, as _EARLIER gives them for every cell of a recorded run: for the
+# page a run writes as the cell ends, before the run is in the history.
+_CELL_EARLIER = """
+SELECT c.verdict, c.failed_repeats, c.repeats,
+       e.run_id, e.started, e.candidate_name, e.candidate_version, e.candidate_sha256
+FROM cells c JOIN runs e ON c.run_id = e.run_id
+WHERE c.matrix = :matrix AND c.cell_id = :cell AND e.matrix_key = :key
+  AND (e.started_ts < :ts OR (e.started_ts = :ts AND e.run_id < :id))
+ORDER BY e.started_ts DESC, e.run_id DESC LIMIT :limit
+"""
+
 _PREVIOUS_RUN = """
 SELECT run_id FROM runs
 WHERE matrix_key = :key AND (started_ts < :ts OR (started_ts = :ts AND run_id < :id))
@@ -137,24 +158,55 @@ def _timestamp(moment: datetime) -> float:
         return 0.0
 
 
-def _outcome(run: RunInfo, cell: CellResult) -> Outcome:
+def _tally(cell: CellResult) -> tuple[int, int]:
+    """The cell's repeats that failed, of those with a verdict (0 of them: it ran once)."""
+    if not cell.repeats:
+        return 0, 0
     judged = [r for r in cell.repeats if r.verdict is not Verdict.INFRA_ERROR]
+    failed = sum(1 for r in judged if r.verdict.is_failure)
+    return failed, len(judged) if len(cell.repeats) > 1 else 0
+
+
+def _outcome(run: RunInfo, cell: CellResult) -> Outcome:
+    failed, repeats = _tally(cell)
     return Outcome(
         run_id=run.id,
         started=run.started.isoformat(),
         verdict=cell.verdict,
         candidate=run.candidate_key,
-        failed_repeats=sum(1 for r in judged if r.verdict.is_failure),
-        repeats=len(judged) if len(cell.repeats) > 1 else 0,
+        failed_repeats=failed,
+        repeats=repeats,
     )
+
+
+def _earlier_than(run: RunInfo) -> dict[str, object]:
+    """The parameters that select the runs of ``run``'s matrix files before it, and how many
+    results of a cell the trend takes from them."""
+    return {
+        "key": matrix_key(run),
+        "ts": _timestamp(run.started),
+        "id": run.id,
+        "limit": TREND_RUNS - 1,
+    }
+
+
+def _earlier_outcome(row: Sequence[Any]) -> Outcome | None:
+    """An earlier result read back (verdict, repeats, run, candidate), None for a verdict this
+    compatlab does not know (written by a newer one: not comparable)."""
+    verdict, failed, repeats, run_id, started, name, version, sha = row
+    if verdict not in _VERDICTS:
+        return None
+    return Outcome(run_id, started, _VERDICTS[verdict], (name, version, sha), failed, repeats)
 
 
 class History:
     """One history file, opened (and created, with its schema) on first use."""
 
-    def __init__(self, path: Path, *, timeout: float = 60.0) -> None:
+    def __init__(self, path: Path, *, timeout: float = 60.0, threads: bool = False) -> None:
+        """``threads``: the caller may use the store from several threads, one at a time."""
         self.path = path
         self.timeout = timeout
+        self.threads = threads
         self._db: sqlite3.Connection | None = None
 
     def __enter__(self) -> History:
@@ -199,7 +251,12 @@ class History:
             return self._db
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        db = sqlite3.connect(
+            self.path,
+            timeout=self.timeout,
+            isolation_level=None,
+            check_same_thread=not self.threads,
+        )
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
@@ -244,15 +301,13 @@ class History:
             )
             rows = {}
             for cell in cells:  # a cell given twice: the last one counts, as in results.json
-                o = _outcome(run, cell)
                 rows[(cell.matrix, cell.id)] = (
                     run.id,
                     cell.matrix,
                     cell.id,
                     cell.verdict.value,
                     cell.attribution.value if cell.attribution else None,
-                    o.failed_repeats,
-                    o.repeats,
+                    *_tally(cell),
                     cell.fleet_share,
                 )
             db.executemany("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows.values())
@@ -265,40 +320,56 @@ class History:
                 ),
             )
 
-    def view(self, run: RunInfo, cells: Sequence[CellResult]) -> HistoryView:
-        """What changed for each cell of ``run`` (recorded already) since earlier runs."""
-        params = {
-            "key": matrix_key(run),
-            "ts": _timestamp(run.started),
-            "id": run.id,
-            "limit": TREND_RUNS - 1,
-        }
+    def view(
+        self,
+        run: RunInfo,
+        cells: Sequence[CellResult],
+        known: Mapping[tuple[str, str], CellHistory] | None = None,
+    ) -> HistoryView:
+        """What changed for each cell of ``run`` (recorded already) since earlier runs.
+
+        ``known``: cells' histories read as the run went (:meth:`cell`), by ``(matrix, id)``,
+        which are not read again -- the end of a 10,000-cell run with a long history would
+        spend seconds on it.
+        """
+        params = _earlier_than(run)
+        known = known or {}
+        todo = [c for c in cells if (c.matrix, c.id) not in known]
         with self._errors("read the history"):
             db = self._open()
             earlier: dict[tuple[str, str], list[Outcome]] = {}
-            for row in db.execute(_EARLIER, params):
-                matrix, cell_id, verdict, failed, repeats, run_id, started, name, version, sha = row
-                if verdict not in _VERDICTS:
-                    continue  # written by a compatlab with more verdicts: not comparable
-                earlier.setdefault((matrix, cell_id), []).append(
-                    Outcome(
-                        run_id, started, _VERDICTS[verdict], (name, version, sha), failed, repeats
-                    )
-                )
+            for matrix, cell_id, *row in db.execute(_EARLIER, params) if todo else ():
+                outcome = _earlier_outcome(row)
+                if outcome is not None:
+                    earlier.setdefault((matrix, cell_id), []).append(outcome)
             previous = db.execute(_PREVIOUS_RUN, params).fetchone()
             wanted = sorted({s for c in cells for s in crash_signatures(c)})
             signatures = [
                 SignatureSeen(*row)
                 for row in db.execute(_SIGNATURES, {"signatures": json.dumps(wanted)})
             ]
-        current = {(c.matrix, c.id): _outcome(run, c) for c in cells}
-        return build_view(
+        current = {(c.matrix, c.id): _outcome(run, c) for c in todo}
+        view = build_view(
             current,
             earlier,
             signatures,
             path=str(self.path),
             previous_run=previous[0] if previous else None,
         )
+        view.cells.update((k, known[k]) for k in ((c.matrix, c.id) for c in cells) if k in known)
+        return view
+
+    def cell(self, run: RunInfo, cell: CellResult) -> CellHistory:
+        """What changed for one cell of ``run`` since earlier runs, whether or not ``run`` is
+        recorded yet: what :meth:`view` gives for it once it is (a cell's page, written when the
+        cell ends, is the page a re-render writes)."""
+        params = {**_earlier_than(run), "matrix": cell.matrix, "cell": cell.id}
+        with self._errors("read the history"):
+            rows = self._open().execute(_CELL_EARLIER, params).fetchall()
+        earlier = [o for o in map(_earlier_outcome, rows) if o is not None]
+        current = _outcome(run, cell)
+        change, previous = classify(current, earlier)
+        return CellHistory(change, previous, tuple(trend(current, earlier)))
 
     def runs(self) -> list[str]:
         """The ids of the recorded runs, oldest first."""

@@ -1,15 +1,23 @@
 """``index.html`` as data for ``index.html.j2``: the builds x hardware grids of chips, the
 filters' choices, the failing cells, the crash groups and what changed since the last run.
 
-Every chip and failing-cell row carries its axis values as ``data-`` attributes, which the
-page's one small script filters on (verdict, build, hardware, product, change, text); the
-filter state lives in the URL's fragment, so a filtered view can be linked and survives the
-back button.
+Every chip carries its cell's axis values as ``data-`` attributes, which the page's one small
+script filters on (verdict, build, hardware, product, change); a table's row carries only its
+cell's id and follows its cell's chip. The search box matches a cell's id, verdict and its row
+in the failing cells (signature, reason), read from the page rather than written into every chip
+again. The filter state lives in the URL's fragment, so a filtered view can be linked and
+survives the back button.
+
+The index is bounded per cell: a chip per cell (its tooltip the id and verdict, not the
+reason), a row per failing cell whose reason is cut at :data:`INDEX_REASON` characters, no trend
+strip in those rows (each cell's page has its own), and at most :data:`CHANGED_ROWS` cells in
+"since the last run" (the rest are counted, and the filter shows them all). How the chips and
+rows are written is :mod:`.tables`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from compatlab.model import CellResult, Verdict
@@ -20,14 +28,19 @@ from compatlab.report.stats import FailureRate, failure_rate
 from compatlab.report.summary import natural, products_label
 
 __all__ = [
+    "CHANGED_ROWS",
+    "INDEX_REASON",
     "TAGS",
+    "Changed",
     "Chip",
     "Facets",
     "Grid",
     "PlannedCell",
     "Row",
     "changed",
+    "chip",
     "facets",
+    "failing_row",
     "grids",
     "groups",
     "rows",
@@ -51,7 +64,8 @@ CHANGE_MARKS: dict[str, str] = {
     Change.FLAKY: "FLAKY",
     Change.FIXED: "FIXED",
 }
-SEARCH_REASON = 200  # characters of a failing cell's reason its search text holds
+INDEX_REASON = 300  # characters of a failing cell's reason in its row; its page has it whole
+CHANGED_ROWS = 200  # cells listed under "since the last run"; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,9 @@ class PlannedCell:
         return f"{self.build}/{self.hardware}/{'+'.join(self.products) or 'none'}"
 
 
-@dataclass(frozen=True)
+# Chip and Row are not frozen: an index makes 10,000 of each, and a frozen dataclass's
+# __init__ costs twice a plain one's.
+@dataclass(slots=True)
 class Chip:
     cell_id: str
     label: str
@@ -82,7 +98,7 @@ class Chip:
     products: str  # "+"-joined, or "none"
     change: str  # a Change value, or ""
     rate: str  # "2/5" for a repeated cell, else ""
-    search: str  # what the search box matches, lower case
+    html: str = ""  # its markup, where it was written ahead (as its cell ended)
 
     @property
     def mark(self) -> str:
@@ -97,7 +113,7 @@ class Grid:
     chips: dict[tuple[str, str], list[Chip]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
     """A failing cell in the index's table."""
 
@@ -106,15 +122,16 @@ class Row:
     change: str
     rate: FailureRate | None
     signature: str
-    search: str
-    trend: tuple[TrendMark, ...]
+    trend: tuple[TrendMark, ...]  # only where a table shows it ("since the last run")
+    html: str = ""  # its markup in the failing cells, where it was written ahead
 
 
-def _search(cell: CellResult) -> str:
-    parts = [cell.id]
-    if cell.verdict.is_failure:
-        parts += [cell.verdict.value, *crash_signatures(cell), cell.reason[:SEARCH_REASON]]
-    return " ".join(parts).lower()
+@dataclass(frozen=True)
+class Changed:
+    """The cells "since the last run" lists, and how many more changed than it lists."""
+
+    rows: list[Row]
+    more: int
 
 
 def _change(history: HistoryView, cell: CellResult) -> str:
@@ -122,12 +139,36 @@ def _change(history: HistoryView, cell: CellResult) -> str:
     return found.change.value if found else ""
 
 
+def chip(cell: CellResult, href: str, change: str) -> Chip:
+    """A cell's chip in the grid; ``change`` is its Change value since the last run, or ""."""
+    rate = failure_rate(cell)
+    label = products_label(cell.products)
+    return Chip(
+        cell_id=cell.id,
+        label=label,
+        verdict=cell.verdict.value,
+        tag=TAGS[cell.verdict.value],
+        href=href,
+        title=f"{cell.id}: {cell.verdict.value}",
+        code=cell.bugcheck.code if cell.bugcheck else "",
+        build=cell.build,
+        hardware=cell.hardware,
+        products=label,
+        change=change,
+        rate=rate.ratio if rate else "",
+    )
+
+
 def grids(
     cells: Sequence[CellResult],
     hrefs: dict[int, str],
     planned: Sequence[PlannedCell],
     history: HistoryView,
+    made: Mapping[int, Chip] | None = None,
 ) -> list[Grid]:
+    """The grids of chips, one per matrix file; ``made`` holds chips made already, by
+    ``id(cell)``."""
+    made = made or {}
     by_matrix: dict[str, Grid] = {}
     seen: set[tuple[str, str]] = set()
 
@@ -141,33 +182,17 @@ def grids(
 
     for cell in cells:
         seen.add((cell.matrix, cell.id))
-        reason = f" — {cell.reason}" if cell.reason else ""
-        rate = failure_rate(cell)
-        chip = Chip(
-            cell_id=cell.id,
-            label=products_label(cell.products),
-            verdict=cell.verdict.value,
-            tag=TAGS[cell.verdict.value],
-            href=hrefs[id(cell)],
-            title=f"{cell.id}: {cell.verdict.value}{reason}",
-            code=cell.bugcheck.code if cell.bugcheck else "",
-            build=cell.build,
-            hardware=cell.hardware,
-            products=products_label(cell.products),
-            change=_change(history, cell),
-            rate=rate.ratio if rate else "",
-            search=_search(cell),
-        )
-        place(cell.matrix, cell.build, cell.hardware, chip)
+        found = made.get(id(cell)) or chip(cell, hrefs[id(cell)], _change(history, cell))
+        place(cell.matrix, cell.build, cell.hardware, found)
     for plan in planned:
         if (plan.matrix, plan.id) in seen:
             continue
         label = products_label(plan.products)
-        chip = Chip(
+        planned_chip = Chip(
             plan.id, label, "not_run", TAGS["not_run"], None, plan.id, "",
-            plan.build, plan.hardware, label, "", "", plan.id.lower(),
+            plan.build, plan.hardware, label, "", "",
         )  # fmt: skip
-        place(plan.matrix, plan.build, plan.hardware, chip)
+        place(plan.matrix, plan.build, plan.hardware, planned_chip)
     for g in by_matrix.values():
         if not planned:  # no matrix order to keep: completion order means nothing, sort
             g.builds.sort(key=natural)
@@ -177,34 +202,48 @@ def grids(
     return list(by_matrix.values())
 
 
-def _row(cell: CellResult, href: str, history: HistoryView) -> Row:
+def failing_row(cell: CellResult, href: str, change: str) -> Row:
+    """A failing cell's row; ``change`` is its Change value since the last run, or ""."""
+    return Row(cell, href, change, failure_rate(cell), ", ".join(crash_signatures(cell)), ())
+
+
+def _row(cell: CellResult, href: str, history: HistoryView, *, trend: bool = False) -> Row:
     found = history.of(cell.matrix, cell.id)
-    return Row(
-        cell=cell,
-        href=href,
-        change=found.change.value if found else "",
-        rate=failure_rate(cell),
-        signature=", ".join(crash_signatures(cell)),
-        search=_search(cell),
-        trend=trend_marks(found.trend) if found else (),
-    )
+    row = failing_row(cell, href, found.change.value if found else "")
+    if found and trend:
+        row.trend = trend_marks(found.trend)
+    return row
 
 
-def rows(cells: Sequence[CellResult], hrefs: dict[int, str], history: HistoryView) -> list[Row]:
-    """The failing cells, worst verdict first."""
+def rows(
+    cells: Sequence[CellResult],
+    hrefs: dict[int, str],
+    history: HistoryView,
+    made: Mapping[int, Row] | None = None,
+) -> list[Row]:
+    """The failing cells, worst verdict first; ``made`` holds rows made already, by
+    ``id(cell)``."""
+    made = made or {}
     failing = sorted(
         (c for c in cells if c.verdict.is_failure),
         key=lambda c: (c.verdict.severity, natural(c.id)),
     )
-    return [_row(c, hrefs[id(c)], history) for c in failing]
+    return [made.get(id(c)) or _row(c, hrefs[id(c)], history) for c in failing]
 
 
-def changed(cells: Sequence[CellResult], hrefs: dict[int, str], history: HistoryView) -> list[Row]:
-    """The cells a reader of the history must see: new failures, then flaky, then fixed."""
+def changed(
+    cells: Sequence[CellResult],
+    hrefs: dict[int, str],
+    history: HistoryView,
+    limit: int = CHANGED_ROWS,
+) -> Changed:
+    """The cells a reader of the history must see: new failures, then flaky, then fixed; at
+    most ``limit`` of them, each with its trend."""
     order = {change: n for n, change in enumerate(CHANGE_MARKS)}
     notable = [c for c in cells if _change(history, c) in order]
     notable.sort(key=lambda c: (order[_change(history, c)], natural(c.id)))
-    return [_row(c, hrefs[id(c)], history) for c in notable]
+    rows = [_row(c, hrefs[id(c)], history, trend=True) for c in notable[:limit]]
+    return Changed(rows, len(notable) - len(rows))
 
 
 def groups(cells: Sequence[CellResult], hrefs: dict[int, str]) -> list[tuple[Group, str]]:

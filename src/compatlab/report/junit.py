@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from compatlab.model import CellResult, Verdict
 from compatlab.report.results import RunInfo, write_text_atomic
 from compatlab.text import cap_text, printable
 
-__all__ = ["JUNIT_FILE", "junit_xml", "write_junit"]
+__all__ = ["JUNIT_FILE", "junit_text", "junit_xml", "testcase_xml", "write_junit"]
 
 JUNIT_FILE = "junit.xml"
 
@@ -31,6 +31,9 @@ JUNIT_FILE = "junit.xml"
 # are full of them (ANSI escapes, NULs); ElementTree would write them and break every parser.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _EVENTS_IN_FAILURE = 25
+# Where junit_text puts each testcase's text: nothing escaped can look like it ("<" is "&lt;").
+_PLACEHOLDER = "_case"
+_PLACED = re.compile(r'<_case n="(\d+)" />')
 _TEXT_LIMIT = 64 * 1024  # characters of one attribute or failure text
 
 
@@ -66,8 +69,8 @@ def _failure_text(cell: CellResult) -> str:
     return _clean("\n".join(lines))
 
 
-def _testcase(parent: ET.Element, cell: CellResult, classname: str) -> None:
-    case = ET.SubElement(parent, "testcase", classname=_clean(classname), name=_clean(cell.id))
+def _testcase(cell: CellResult, classname: str) -> ET.Element:
+    case = ET.Element("testcase", classname=_clean(classname), name=_clean(cell.id))
     _time(case, cell.seconds)
     props = ET.SubElement(case, "properties")
     values = [("verdict", cell.verdict.value)]
@@ -80,16 +83,28 @@ def _testcase(parent: ET.Element, cell: CellResult, classname: str) -> None:
     for name, value in values:
         ET.SubElement(props, "property", name=name, value=_clean(value))
     if cell.verdict is Verdict.PASS:
-        return
+        return case
     tag = "error" if cell.verdict is Verdict.INFRA_ERROR else "failure"
     element = ET.SubElement(
         case, tag, type=cell.verdict.value, message=_clean(cell.reason or cell.verdict.value)
     )
     element.text = _failure_text(cell)
+    return case
 
 
-def junit_xml(run: RunInfo, cells: Iterable[CellResult]) -> ET.Element:
-    """The ``<testsuites>`` element for a run."""
+def testcase_xml(run: RunInfo, cell: CellResult) -> str:
+    """``cell``'s ``<testcase>`` as junit.xml holds it, indented for its depth there: what a
+    run keeps of each cell as it ends, so that writing junit.xml at the end only joins them."""
+    case = _testcase(cell, _matrix_of(cell, run))
+    ET.indent(case, level=2)
+    return ET.tostring(case, encoding="unicode")
+
+
+def junit_xml(
+    run: RunInfo, cells: Iterable[CellResult], *, placeholders: bool = False
+) -> ET.Element:
+    """The ``<testsuites>`` element for a run (``placeholders``: each testcase an empty
+    ``<_case n="...">`` that :func:`junit_text` replaces with the case's text)."""
     by_matrix: dict[str, list[CellResult]] = {}
     for cell in cells:
         by_matrix.setdefault(_matrix_of(cell, run), []).append(cell)
@@ -119,7 +134,10 @@ def junit_xml(run: RunInfo, cells: Iterable[CellResult]) -> ET.Element:
         ):
             ET.SubElement(props, "property", name=name, value=_clean(value))
         for cell in group:
-            _testcase(suite, cell, matrix)
+            if placeholders:
+                ET.SubElement(suite, _PLACEHOLDER, n=str(id(cell)))
+            else:
+                suite.append(_testcase(cell, matrix))
         for key in totals:
             totals[key] += counts[key]
         total_time += seconds
@@ -135,9 +153,31 @@ def _counts(cells: Sequence[CellResult]) -> dict[str, int]:
     return {"tests": len(cells), "failures": failures, "errors": errors}
 
 
-def write_junit(run_dir: Path, run: RunInfo, cells: Iterable[CellResult]) -> Path:
-    """Write ``junit.xml`` into the run folder, atomically."""
-    root = junit_xml(run, cells)
+def junit_text(
+    run: RunInfo, cells: Sequence[CellResult], cases: Mapping[int, str] | None = None
+) -> str:
+    """junit.xml's text; ``cases`` holds testcases written already (:func:`testcase_xml`), by
+    ``id(cell)``, which are not written again. The same text as ``junit_xml`` indented."""
+    cases = cases or {}
+    by_id = {id(cell): cell for cell in cells}
+    root = junit_xml(run, cells, placeholders=True)
     ET.indent(root)
     text = ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+    def case(match: re.Match[str]) -> str:
+        n = int(match.group(1))
+        found = cases.get(n)
+        return found if found is not None else testcase_xml(run, by_id[n])
+
+    return _PLACED.sub(case, text)
+
+
+def write_junit(
+    run_dir: Path,
+    run: RunInfo,
+    cells: Iterable[CellResult],
+    cases: Mapping[int, str] | None = None,
+) -> Path:
+    """Write ``junit.xml`` into the run folder, atomically (``cases``: see :func:`junit_text`)."""
+    text = junit_text(run, list(cells), cases)
     return write_text_atomic(run_dir / JUNIT_FILE, text + "\n")

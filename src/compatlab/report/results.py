@@ -230,6 +230,11 @@ class ResultsWriter:
         with self._lock:
             return list(self._cells.values())
 
+    def result(self, matrix: str, cell_id: str) -> CellResult | None:
+        """The cell as the file holds it (long outputs kept as files), if it was added."""
+        with self._lock:
+            return self._cells.get((matrix, cell_id))
+
     def add(self, cell: CellResult) -> Path:
         """Record one finished cell and rewrite the file."""
         with self._lock:

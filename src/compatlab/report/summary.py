@@ -10,12 +10,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal
 
 from compatlab.model import Attribution, CellResult
 from compatlab.report.stats import blast_radius
 
 __all__ = ["Summary", "duration", "natural", "products_label", "summarize", "when"]
+
+_DIGITS = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -32,16 +35,21 @@ class Summary:
     radius: str = ""
 
 
-def natural(text: str) -> list[tuple[int, str]]:
-    """Sort key that puts build 9 before build 10 (numbers compared by value, any length)."""
+@lru_cache(maxsize=1 << 16)
+def natural(text: str) -> tuple[tuple[int, str], ...]:
+    """Sort key that puts build 9 before build 10 (numbers compared by value, any length).
+
+    Cached: a 10,000-cell index sorts by it the same builds, hardware and cell ids several
+    times (chips, failing cells, crash groups).
+    """
     key = []
-    for n, part in enumerate(re.split(r"(\d+)", text)):
+    for n, part in enumerate(_DIGITS.split(text)):
         if n % 2:  # a run of digits: shorter is smaller, then digit by digit
             digits = part.lstrip("0") or "0"
             key.append((len(digits), digits))
         else:
             key.append((-1, part.lower()))
-    return key
+    return tuple(key)
 
 
 def products_label(products: Sequence[str]) -> str:

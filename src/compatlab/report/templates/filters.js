@@ -1,7 +1,11 @@
 /* compatlab report: the index's filters (verdict, build, hardware, product, change, text).
    The state lives in the URL's fragment (#verdict=crash&q=edr), so a filtered view can be
-   linked and survives the back button. Elements filtered carry data-cell and their axis values
-   as data- attributes; nothing here is built from guest text, only compared with it. */
+   linked and survives the back button.
+   Each cell has one chip in the grid, carrying data-cell and its axis values as data-
+   attributes; the rows of the tables (data-cell only) follow their cell's chip, found by the
+   page both link to. The search box matches a cell's id, its verdict and the text of its row
+   among the failing cells (signature, attribution, reason): the index does not repeat that
+   text in every chip. Nothing here is built from guest text, only compared with it. */
 (function () {
   "use strict";
   var form = document.getElementById("filters");
@@ -13,10 +17,33 @@
   KEYS.forEach(function (key) {
     fields[key] = form.elements.namedItem(key);
   });
-  var items = Array.prototype.slice.call(document.querySelectorAll("[data-cell]"));
-  var rows = Array.prototype.slice.call(document.querySelectorAll("tr[data-build]"));
+  var chips = Array.prototype.slice.call(document.querySelectorAll(".chip[data-cell]"));
+  // Each chip's values, read once: a filter then touches no attribute but "hidden".
+  var data = chips.map(function (chip) {
+    var d = chip.dataset;
+    return {v: d.v || "", b: d.b || "", h: d.h || "", p: (d.p || "").split("+"), c: d.c || ""};
+  });
+  var chipOf = Object.create(null); // a cell's page -> its chip's number
+  chips.forEach(function (chip, n) {
+    var page = pageOf(chip);
+    if (page) {
+      chipOf[page] = n;
+    }
+  });
+  var followers = Array.prototype.slice.call(document.querySelectorAll("tr[data-cell]"));
+  var led = followers.map(function (row) {
+    var page = pageOf(row);
+    return page && chipOf[page] !== undefined ? chipOf[page] : -1;
+  });
+  var texts = null; // what the search box matches, per chip: built on the first search
+  var builds = Array.prototype.slice.call(document.querySelectorAll("tr[data-build]"));
   var columns = Array.prototype.slice.call(document.querySelectorAll("[data-hw-col]"));
   var shown = document.getElementById("shown");
+
+  function pageOf(element) {
+    var link = element.tagName === "A" ? element : element.querySelector("a[href]");
+    return link ? (link.getAttribute("href") || "").split("#")[0] : "";
+  }
 
   function current() {
     var state = {};
@@ -66,49 +93,69 @@
     }
   }
 
-  function matches(data, state, query) {
+  function searchTexts() {
+    if (texts === null) {
+      var rowText = Object.create(null);
+      var failing = document.querySelectorAll("#failing-cells tr[data-cell]");
+      Array.prototype.forEach.call(failing, function (row) {
+        rowText[pageOf(row)] = row.textContent;
+      });
+      texts = chips.map(function (chip, n) {
+        var page = pageOf(chip);
+        var row = page && rowText[page] ? rowText[page] : "";
+        return (chip.dataset.cell + "\n" + data[n].v + "\n" + row).toLowerCase();
+      });
+    }
+    return texts;
+  }
+
+  function matches(d, state) {
     if (state.verdict === "failing") {
-      if (data.v === "pass" || data.v === "not_run") {
+      if (d.v === "pass" || d.v === "not_run") {
         return false;
       }
-    } else if (state.verdict && data.v !== state.verdict) {
+    } else if (state.verdict && d.v !== state.verdict) {
       return false;
     }
-    if (state.build && data.b !== state.build) {
+    if (state.build && d.b !== state.build) {
       return false;
     }
-    if (state.hardware && data.h !== state.hardware) {
+    if (state.hardware && d.h !== state.hardware) {
       return false;
     }
-    if (state.product && data.p.split("+").indexOf(state.product) < 0) {
+    if (state.product && d.p.indexOf(state.product) < 0) {
       return false;
     }
-    if (state.change && data.c !== state.change) {
-      return false;
-    }
-    return !query || (data.q || "").indexOf(query) >= 0;
+    return !state.change || d.c === state.change;
   }
 
   function apply() {
     var state = current();
     var query = state.q.toLowerCase();
-    var total = 0;
+    var haystack = query ? searchTexts() : null;
     var count = 0;
-    items.forEach(function (item) {
-      var ok = matches(item.dataset, state, query);
-      item.hidden = !ok;
-      if (item.classList.contains("chip")) {
-        total += 1;
-        count += ok ? 1 : 0;
+    var ok = chips.map(function (chip, n) {
+      var match = matches(data[n], state) && (!haystack || haystack[n].indexOf(query) >= 0);
+      if (chip.hidden === match) {
+        chip.hidden = !match;
+      }
+      count += match ? 1 : 0;
+      return match;
+    });
+    followers.forEach(function (row, n) {
+      var hide = led[n] >= 0 && !ok[led[n]];
+      if (row.hidden !== hide) {
+        row.hidden = hide;
       }
     });
-    rows.forEach(function (row) {
+    builds.forEach(function (row) {
       row.hidden = Boolean(state.build) && row.dataset.build !== state.build;
     });
     columns.forEach(function (column) {
       column.hidden = Boolean(state.hardware) && column.dataset.hwCol !== state.hardware;
     });
     if (shown) {
+      var total = chips.length;
       shown.textContent = count === total ? "all " + total + " cells" : count + " of " + total + " cells";
     }
     return state;
