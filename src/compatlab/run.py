@@ -62,8 +62,9 @@ class LabSettings:
     cache_bytes: int | None = None
 
     def layer_store(self) -> LayerStore | None:
-        """This host's layer cache, or None when the lab keeps none."""
-        if not self.cache:
+        """This host's layer cache, or None when the lab keeps none. libvirt's test:/// driver
+        boots no disk, so a lab on it (the stand-in labs of the unit tier) keeps none."""
+        if not self.cache or self.uri.startswith("test:"):
             return None
         bound = self.cache_bytes
         if bound is None:

@@ -94,7 +94,10 @@ def seed(cell: Cell, lab: LabContext, storage: CellStorage, layer: Layer | None)
     Raises ImageError (a template or layer file that cannot be read) or StorageError.
     """
     host = lab.hypervisor.host
-    storage.create_overlay(cell.image.disk, layer=layer.disk if layer is not None else None)
+    if layer is None:
+        storage.create_overlay(cell.image.disk)
+    else:
+        storage.create_overlay(cell.image.disk, layer=layer.disk)
     uefi = cell.hardware.firmware == "uefi"
     # Secure Boot keys come with the image's template; a layer's variables carry them on, with
     # what the guest wrote since (boot entries).
