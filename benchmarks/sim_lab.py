@@ -12,8 +12,13 @@ bound of the makespan, which no placement can beat:
 What is real: a ``dask scheduler`` process on 127.0.0.1 (``allowed-failures: 0``, as a lab
 runs it), 50 ``distributed.Worker`` objects built with the arguments ``compatlab worker``
 gives its Worker (``nthreads`` = vCPUs, ``Capacity.resources()``), and the controller's
-``DaskEngine.submit`` / ``CellHandle.wait`` -- the calls ``CellQueue`` makes -- with real
-:class:`~compatlab.matrix.Cell` objects whose needs come from ``cell_needs``. On the worker the
+``DaskEngine.submit_many`` / ``CellHandle.wait`` -- the calls ``CellQueue`` makes -- with real
+:class:`~compatlab.matrix.Cell` objects whose needs come from ``cell_needs``, each with its
+expected seconds as the plugin finds them: read by ``compatlab.engine.earlier`` from earlier
+runs' results.json written here (:func:`earlier_runs`: the cells' times off by up to 20% in
+each of 3 runs, 10% of the cells new). The engine as built does the rest itself: placeability
+asked once per distinct needs, Dask ``priority=`` longest expected first, and a window of
+1.25 x what fits handed over, the rest held (``compatlab.engine.order``). On the worker the
 real ``run_cell_task`` runs (claim lock on the scheduler, lab lookup, staging folder, release
 watcher, host health, evidence packing); only ``compatlab.scenario.run_cell`` -- the VM -- is
 a stand-in that sleeps the cell's scaled duration and records when it ran, and where.
@@ -29,17 +34,14 @@ for the profiles named ``kvm-*``. Every process runs a copy of src/compatlab tak
 run starts (:func:`frozen`).
 
 Cell durations are drawn (seed :data:`SEED`) from the demo's 12 measured cell times
-(``benchmarks/results/demo.json``), then time is scaled: ``--scales 100,200`` runs the lab
-with 1 demo second = 100 and 200 ms (a demo cell of 142 s lasts 14 or 28 s). A fixed cost per
-cell shows as a ratio that improves with the scale; bad placement shows at every scale. A
-reference that needs no engine -- a central pull scheduler (:func:`pull_schedule`: a host with
-room takes the oldest queued cell that fits) over the same cells and hosts -- tells what greedy
-placement itself can reach, in submission order and longest first.
-
-What-ifs (``--what-if-at 200``), each a change the engine could make, applied from outside to
-the engine object (src/ untouched): ``why_not`` asked once per distinct needs instead of once
-per cell (:class:`Variant`); submitting at most 1.25 x as many cells as fit at once, the next
-as one comes back; and Dask ``priority`` = a cell's expected seconds (longest first).
+(``benchmarks/results/demo.json``), then time is scaled: ``--scales 200,1000`` runs the lab
+with 1 demo second = 200 ms (a demo cell of 142 s lasts 28 s) and 1000 ms (as long as in the
+demo: the scale the target is judged at, see ``scale.why`` in the results). A fixed cost per
+cell shows as a ratio that improves with the scale; bad placement shows at every scale. Two
+references need no engine and have no overhead, over the same cells and hosts: a central pull
+scheduler (:func:`pull_schedule`: a host with room takes the oldest queued cell that fits),
+what greedy placement itself can reach; and the engine's policy under Dask's rule for placing
+a resource-restricted task (:func:`dask_rule_schedule`), what placement by that rule costs.
 
 Figures per run: makespan (first submit -> last result at the controller) against the bound;
 the engine's overhead per cell (``run_cell_task``'s time minus the sleep) and submit -> start
@@ -48,9 +50,10 @@ between a finish and the next start on a worker; vCPU utilisation per tenth of t
 cells placed on a worker lacking a label they need and starts that overcommitted a worker
 (both from the recorded spans; must be 0); steals; CPU seconds per process.
 
-Run: ``.venv/bin/python benchmarks/sim_lab.py [--scales 100,200] [--what-if-at 200]
+Run: ``.venv/bin/python benchmarks/sim_lab.py [--scales 200,1000] [--stealing-off]
 [--cells N --hosts N]``. Writes ``benchmarks/results/sim_lab.json`` (only for the full
-5,000 x 50 lab, unless ``--out``). Measures; asserts nothing. About 35 min on this machine.
+5,000 x 50 lab, unless ``--out``), with the runs of the file it replaces in brief
+(``previous_runs``). Measures; asserts nothing. About 45 min on this machine.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ sys.path.insert(0, str(SOURCE))
 from compatlab import capacity as capacity_module  # noqa: E402
 from compatlab.capacity import Capacity, Needs, cell_needs  # noqa: E402
 from compatlab.catalog import GoldenImage, HardwareProfile, Product  # noqa: E402
+from compatlab.engine.earlier import earlier_expectations  # noqa: E402
+from compatlab.engine.order import WINDOW, cell_key  # noqa: E402
 from compatlab.matrix import Cell  # noqa: E402
 from compatlab.matrix.model import Candidate, ScenarioSettings  # noqa: E402
 from compatlab.model import CellResult, Event, Verdict  # noqa: E402
@@ -102,7 +107,11 @@ CELLS = 5000
 TARGET_RATIO = 1.10  # makespan within 10% of the bound
 TARGET_OVERHEAD_MS = 50.0
 IDLE_PROBE = 5.0  # seconds the lab idles before the cells go in, to measure its upkeep
-WINDOW = 1.25  # the windowed what-if's cells in flight, as a multiple of what fits at once
+#: The engine's expectations come from this many earlier runs, each cell's time in each off by
+#: up to this share either way; this share of the cells is new (in no earlier run).
+EARLIER_RUNS = 3
+EXPECT_NOISE = 0.2
+UNSEEN = 0.1
 PROBES = 40  # cells run one at a time on the idle lab first: the engine's own latency
 PROBE_SECONDS = 2.0  # demo seconds each
 GIB = 1024
@@ -307,6 +316,78 @@ def pull_schedule(work: Sequence[tuple[Needs, float]], hosts: Sequence[Capacity]
     return makespan
 
 
+def dask_rule_schedule(
+    work: Sequence[tuple[Needs, float]],
+    hosts: Sequence[Capacity],
+    expected: Sequence[float | None],
+    *,
+    window: float | None,
+) -> float:
+    """Makespan of the engine's policy under Dask's rule for resource-restricted tasks, with no
+    overhead at all: the controller holds the cells and hands over the longest expected first
+    while fewer than ``window`` x what fits (``compatlab.engine.order``; None: all at once);
+    each handed cell is placed at once, among the workers whose *total* resources could hold
+    it, on the one with the fewest tasks per thread (Dask's ``worker_objective``: occupancy /
+    nthreads, one prefix, so one mean duration; ties to the first) -- not where there is room
+    now; each worker runs its tasks in priority order and the first that does not fit blocks
+    the ones behind it (``WorkerState._next_ready_task``). No work stealing (the windowed runs
+    had none). What placement itself costs, apart from the engine's latency."""
+    from compatlab.engine.order import in_flight_limit, priority
+
+    free = [[h.vcpus, h.memory_mib] for h in hosts]
+    tasks = [0] * len(hosts)
+    queues: list[list[tuple[int, int, int]]] = [[] for _ in hosts]
+    held = [(-priority(e), i) for i, e in enumerate(expected)]
+    heapq.heapify(held)
+    limit = len(work)
+    if window is not None:
+        mean_vcpus = statistics.fmean(n.vcpus for n, _ in work)
+        mean_memory = statistics.fmean(n.memory_mib for n, _ in work)
+        limit = in_flight_limit([h.resources() for h in hosts], mean_vcpus, mean_memory, window)
+    valid = {
+        needs: [h for h, o in enumerate(hosts) if _fits(needs, [o.vcpus, o.memory_mib], o)]
+        for needs, _ in work
+    }
+    running: list[tuple[float, int, int]] = []  # (finish, host, cell)
+    out = 0
+
+    def start(host: int, now: float) -> None:
+        while queues[host]:
+            index = queues[host][0][2]
+            needs, seconds = work[index]
+            if needs.vcpus > free[host][0] or needs.memory_mib > free[host][1]:
+                return  # the head does not fit yet: it blocks the rest
+            heapq.heappop(queues[host])
+            free[host][0] -= needs.vcpus
+            free[host][1] -= needs.memory_mib
+            heapq.heappush(running, (now + seconds, host, index))
+
+    def hand_over(now: float) -> None:
+        nonlocal out
+        while held and out < limit:
+            rank, index = heapq.heappop(held)
+            out += 1
+            candidates = valid[work[index][0]]
+            if not candidates:
+                raise ValueError("some cells fit no host")
+            host = min(candidates, key=lambda h: tasks[h] / hosts[h].vcpus)
+            tasks[host] += 1
+            heapq.heappush(queues[host], (rank, index, index))
+            start(host, now)
+
+    hand_over(0.0)
+    makespan = 0.0
+    while running:
+        makespan, host, index = heapq.heappop(running)
+        free[host][0] += work[index][0].vcpus
+        free[host][1] += work[index][0].memory_mib
+        tasks[host] -= 1
+        out -= 1
+        start(host, makespan)
+        hand_over(makespan)
+    return makespan
+
+
 def overcommits(spans: Sequence[Span], hosts: Mapping[str, Capacity]) -> dict[str, Any]:
     """Moments a worker ran more VMs than its vCPUs or memory allow (from the recorded VM
     lives; a stop and a start at the same instant count the stop first), and the peaks."""
@@ -366,6 +447,26 @@ def refill_gaps(spans: Sequence[Span]) -> list[float]:
             if before:
                 gaps.append(span.task_start - before[-1])
     return gaps
+
+
+def by_host_size(
+    spans: Sequence[Span], hosts: Sequence[Host], t0: float, end: float
+) -> dict[str, float]:
+    """Share of the vCPUs busy over the makespan, per host size (all labels together): where
+    memory runs out before vCPUs, a host cannot reach 1."""
+    busy: dict[str, float] = defaultdict(float)
+    offered: dict[str, float] = defaultdict(float)
+    size = {h.name: f"{h.capacity.vcpus} vCPUs/{h.capacity.memory_mib // GIB} GiB" for h in hosts}
+    for host in hosts:
+        offered[size[host.name]] += host.capacity.vcpus * (end - t0)
+    for span in spans:
+        busy[size[span.worker]] += (span.vm_stop - span.vm_start) * span.needs.vcpus
+    return {k: round(busy[k] / offered[k], 3) for k in sorted(offered, key=_size_order)}
+
+
+def _size_order(size: str) -> tuple[int, int]:
+    vcpus, memory = size.split("/")
+    return (int(vcpus.split()[0]), int(memory.split()[0]))
 
 
 def utilisation(spans: Sequence[Span], total_vcpus: int, t0: float, end: float) -> list[float]:
@@ -572,52 +673,83 @@ def _stealing_metrics(dask_scheduler: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Variant:
-    """One run of the lab. Besides the engine as it is: what-ifs applied from outside,
-    each a change the engine could make (see the module's docstring)."""
+    """One run of the lab: the engine as built, at one time scale; ``stealing=False`` is a
+    what-if with Dask's work stealing off."""
 
     scale: float  # seconds per demo second
     stealing: bool = True
-    #: DaskEngine.why_not asked once per distinct Needs, not once per cell.
-    memo_why_not: bool = False
-    #: Each cell submitted with Dask ``priority`` = its expected seconds: longest first.
-    longest_first: bool = False
-    #: At most this many cells submitted and not back, as a multiple of how many fit at once
-    #: (the lab's vCPUs / the cells' mean vCPUs); 0 = all at once, as CellQueue does.
-    window: float = 0.0
 
     @property
     def name(self) -> str:
         what = [f"{self.scale * 1000:g} ms per demo second"]
         what += [] if self.stealing else ["work stealing off"]
-        what += ["why_not once per needs"] if self.memo_why_not else []
-        what += ["longest first (priority)"] if self.longest_first else []
-        what += [f"window {self.window:g} x what fits"] if self.window else []
         return ", ".join(what)
 
 
-@contextlib.contextmanager
-def what_if(engine: Any, variant: Variant, expected: Mapping[str, float]) -> Iterator[None]:
-    """The variant's changes to this engine object (nothing global but the engine's methods)."""
-    if variant.memo_why_not:
-        memo: dict[Needs, str | None] = {}
-        real_why_not = engine.why_not
+def earlier_runs(
+    folder: Path, cells: Sequence[SimCell], rng: random.Random
+) -> tuple[Path, dict[str, Any]]:
+    """Earlier runs' results.json, as the plugin finds them beside a run's folder: each cell's
+    time in each is its time here x a factor drawn in 1 +- :data:`EXPECT_NOISE`; a share
+    :data:`UNSEEN` of the cells is new (in no earlier run). The folder of runs, and what the
+    expectations are."""
+    reports = folder / "reports"
+    seen = [c for c in cells if rng.random() >= UNSEEN]
+    for n in range(EARLIER_RUNS):
+        results = [
+            CellResult(
+                id=c.cell.id,
+                build=c.cell.build,
+                hardware=c.cell.hardware.name,
+                products=c.cell.product_names,
+                verdict=Verdict.PASS,
+                seconds=c.seconds * rng.uniform(1 - EXPECT_NOISE, 1 + EXPECT_NOISE),
+                matrix=str(c.cell.matrix),
+            )
+            for c in seen
+        ]
+        run = reports / f"earlier-{n}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(
+            json.dumps({"schema": 1, "cells": [r.as_json() for r in results]})
+        )
+    return reports, {
+        "what": f"the median of each cell's time in {EARLIER_RUNS} earlier runs' results.json "
+        f"(compatlab.engine.earlier, as the plugin reads them), each time the cell's own x a "
+        f"factor drawn in 1 +- {EXPECT_NOISE:g}; {UNSEEN:.0%} of the cells in no earlier run, "
+        "expected from similar cells (compatlab.engine.order)",
+        "cells_in_earlier_runs": len(seen),
+    }
 
-        def why_not(needs: Needs) -> str | None:
-            if needs not in memo:
-                memo[needs] = real_why_not(needs)
-            return memo[needs]
 
-        engine.why_not = why_not
-    if variant.longest_first:
-        client = engine._client
-        real_submit = client.submit
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
 
-        def submit(func: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("priority", round(expected[task.cell.id]))
-            return real_submit(func, task, *args, **kwargs)
 
-        client.submit = submit
-    yield
+def expectation_quality(cells: Sequence[SimCell], expected: Sequence[float | None]) -> Any:
+    """How well the expectations order the cells: rank correlation with the true times, and
+    the mean error as a share of the true time."""
+    pairs = [(e, c.seconds) for e, c in zip(expected, cells, strict=True) if e is not None]
+    if len(pairs) < 2:
+        return {"cells_with_an_expectation": len(pairs)}
+    guess, true = [e for e, _ in pairs], [t for _, t in pairs]
+    return {
+        "cells_with_an_expectation": len(pairs),
+        "rank_correlation_with_true_times": round(
+            statistics.correlation(_ranks(guess), _ranks(true)), 3
+        ),
+        "mean_error_share": round(statistics.fmean(abs(e - t) / t for e, t in pairs), 3),
+    }
 
 
 def _progress(arrived: list[float], submitted: list[float]) -> threading.Event:
@@ -738,15 +870,16 @@ def run_lab(
     variant: Variant,
     *,
     parts: int,
+    expected: Sequence[float | None],
     probes: Sequence[SimCell] = (),
 ) -> tuple[list[Span], dict[str, Any]]:
-    """Run every cell on a fresh scheduler and workers: the spans and the run's own figures."""
+    """Run every cell on a fresh scheduler and workers, as ``CellQueue`` submits them (each with
+    its expected seconds): the spans and the run's own figures."""
     from compatlab.engine import DaskEngine
 
     run_id = f"sim-{round(variant.scale * 1000)}ms"
     plan = _plan(run_id, variant.scale, [*cells, *probes], hosts)
     kvm = frozenset(c.cell.hardware.name for c in cells if "kvm" in c.needs.labels)
-    expected = {c.cell.id: c.seconds for c in cells}
     with (
         tempfile.TemporaryDirectory(prefix="sim-lab-") as scratch,
         lab_processes(Path(scratch), plan, stealing=variant.stealing, parts=parts) as (
@@ -778,33 +911,36 @@ def run_lab(
         own_before = resource.getrusage(resource.RUSAGE_SELF)
         arrived = [0.0] * len(cells)
         submitted = [0.0] * len(cells)
-        handles = []
+        position = {c.cell.id: i for i, c in enumerate(cells)}
+        out = [0]
         reporter = _progress(arrived, submitted)
-        window = len(cells)
-        if variant.window:
-            fit = sum(o.get("vcpus", 0) for o in engine.workers().values())
-            fit /= statistics.fmean(c.needs.vcpus for c in cells)
-            window = max(1, round(variant.window * fit))
-        room = threading.BoundedSemaphore(window)
+        send = engine._send
 
         def back(_future: Any, index: int) -> None:
             arrived[index] = time.monotonic()
-            room.release()
 
-        with what_if(engine, variant, expected):
-            t0 = time.monotonic()
-            for index, sim in enumerate(cells):
-                room.acquire()
-                submitted[index] = time.monotonic()
-                handle = engine.submit(sim.cell)
-                if handle.future is not None:
-                    handle.future.add_done_callback(functools.partial(back, index=index))
-                else:
-                    room.release()
-                handles.append(handle)
-            submit_loop = time.monotonic() - t0
-            results = [handle.wait() for handle in handles]
-            reporter.set()
+        def handed(handle: Any) -> None:  # the engine hands a cell to Dask: when, how many out
+            at = time.monotonic()
+            send(handle)
+            out[0] = max(out[0], engine._window.out)
+            n = position.get(handle.cell.id)
+            if n is not None:
+                submitted[n] = at
+                handle.future.add_done_callback(functools.partial(back, index=n))
+
+        engine._send = handed  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        handles = engine.submit_many(
+            (sim.cell, 1, e) for sim, e in zip(cells, expected, strict=True)
+        )
+        submit_loop = time.monotonic() - t0
+        results = [handle.wait() for handle in handles]
+        deadline = time.monotonic() + 10  # the last done-callbacks, on Dask's callback thread
+        while any(s and not a for s, a in zip(submitted, arrived, strict=True)):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        reporter.set()
         end = max(arrived)
         steals = engine._client.run_on_scheduler(_stealing_metrics)
         own_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -848,7 +984,9 @@ def run_lab(
         "refused": refused,
         "stealing": steals,
         "cpu_seconds": cpu,
-        "window": window,
+        "out_at_most": out[0],
+        "attempts_beyond_one": sum(r.attempts - 1 for r in results),
+        "window_limit": engine._window.limit,
     }
 
 
@@ -885,7 +1023,8 @@ def figures(
         ),
         "last_start_to_end_s": round(end - max(s.vm_start for s in spans), 2),
         "submit_loop_s": run["submit_loop_s"],
-        "cells_submitted_and_not_back_at_most": run["window"],
+        "cells_submitted_and_not_back_at_most": run["out_at_most"],
+        "window_limit_at_the_end": run["window_limit"],
         "why_not_per_submit_ms": run["why_not_ms"],
         "idle_lab_probe": run["idle_lab"],
         "overhead_per_cell_ms": {
@@ -907,7 +1046,9 @@ def figures(
         "refill_gap_ms": stats_ms(refill_gaps(spans)),
         "result_to_controller_ms": stats_ms(back),
         "vcpu_utilisation_by_tenth": utilisation(spans, total_vcpus, t0, end),
+        "vcpu_utilisation_by_host_size": by_host_size(spans, hosts, t0, end),
         "cells_ran": len(spans),
+        "attempts_beyond_one": run["attempts_beyond_one"],
         "cells_refused": len(run["refused"]),
         "cells_refused_reasons": sorted({r.split(": ", 1)[1] for r in run["refused"]})[:5],
         "cells_on_a_worker_lacking_a_label": misplaced(spans, offers),
@@ -950,10 +1091,7 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scales", default="100,200", help="ms per demo second, comma list")
-    parser.add_argument(
-        "--what-if-at", type=float, default=200, help="also run the what-ifs at this scale (ms)"
-    )
+    parser.add_argument("--scales", default="200,1000", help="ms per demo second, comma list")
     parser.add_argument(
         "--stealing-off", action="store_true", help="and a what-if with work stealing off"
     )
@@ -961,6 +1099,17 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=HOSTS)
     parser.add_argument("--worker-processes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--targets-only",
+        action="store_true",
+        help="only judge the targets again from an existing results file (no measuring)",
+    )
+    parser.add_argument(
+        "--references-only",
+        action="store_true",
+        help="only compute the references that need no engine again, into an existing results "
+        "file, and judge the targets (no measuring)",
+    )
     parser.add_argument(
         "--probe-only",
         action="store_true",
@@ -978,6 +1127,15 @@ def main() -> None:
 
     probes = make_cells(random.Random(SEED + 1), PROBES, [PROBE_SECONDS], prefix="probe")
     scale = max(float(s) for s in args.scales.split(",") if s) / 1000
+    if args.targets_only or args.references_only:
+        out = args.out or RESULTS
+        doc = json.loads(out.read_text())
+        if args.references_only:
+            plan_lab(doc, args.hosts, args.cells, args.worker_processes)
+        doc["targets"] = targets(doc)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(json.dumps(doc["targets"], indent=2))
+        return
     if args.probe_only:
         out = args.out or RESULTS
         doc = json.loads(out.read_text())
@@ -998,16 +1156,56 @@ def main() -> None:
         "versions": {p: md.version(p) for p in ("dask", "distributed", "tornado", "compatlab")},
         "source": source_tree(),
     }
+    hosts, cells, expected = plan_lab(doc, args.hosts, args.cells, args.worker_processes)
+    doc["dedicated_worker_probe"] = dedicated_worker_probe(probes, scale)
+    doc["scale"] = {
+        "ms_per_demo_second": [float(s) for s in args.scales.split(",") if s],
+        "judged_at": max(float(s) for s in args.scales.split(",") if s),
+        "why": "the demo's cells last 89-252 s; at 1000 ms per demo second they last as long "
+        "here, so the engine's fixed costs per cell (claim, hand-over, result's way back, "
+        "the first wave's submission) weigh what they would in a lab, and the 2 cores shared "
+        "by 50 workers, the scheduler and the controller see 1/5 of the cells per second they "
+        "see at 200 ms. The shorter scale is kept to compare with the figures before this "
+        "engine (previous_runs) and to show how fixed costs grow as cells shrink",
+    }
+    variants = [Variant(float(s) / 1000) for s in args.scales.split(",") if s]
+    if args.stealing_off:
+        variants += [Variant(max(v.scale for v in variants), stealing=False)]
+    runs = []
+    for variant in variants:
+        print(f"sim_lab: {len(cells)} cells, {variant.name}", flush=True)
+        spans, run = run_lab(
+            cells, hosts, variant, parts=args.worker_processes, expected=expected, probes=probes
+        )
+        figure = {"variant": variant.name, "engine_as_built": variant.stealing}
+        figure |= figures(cells, hosts, variant.scale, spans, run)
+        print(json.dumps({k: figure[k] for k in ("makespan_s", "bound_s", "ratio")}), flush=True)
+        runs.append(figure)
+    doc["runs"] = runs
+    doc["previous_runs"] = previous_runs(args.out or RESULTS)
+    doc["targets"] = targets(doc)
+    doc["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    doc["seconds"] = round(time.monotonic() - started, 1)
+    out = args.out or (RESULTS if (args.cells, args.hosts) == (CELLS, HOSTS) else None)
+    if out is not None:
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc["targets"], indent=2))
+
+
+def plan_lab(
+    doc: dict[str, Any], host_count: int, cell_count: int, parts: int
+) -> tuple[list[Host], list[SimCell], list[float | None]]:
+    """The lab, its cells and their expectations (all from seeds), with what needs no engine
+    put in ``doc``: the lab, the bound, and the two references."""
     rng = random.Random(SEED)
     durations = demo_seconds()
-    hosts = make_hosts(rng, args.hosts)
-    cells = make_cells(rng, args.cells, durations)
-    doc["dedicated_worker_probe"] = dedicated_worker_probe(probes, scale)
+    hosts = make_hosts(rng, host_count)
+    cells = make_cells(rng, cell_count, durations)
     work = [(c.needs, c.seconds) for c in cells]
     offers = [h.capacity for h in hosts]
     bound = lower_bound(work, offers)
     doc["lab"] = {
-        "what": f"{len(hosts)} distributed.Worker objects in {args.worker_processes} processes "
+        "what": f"{len(hosts)} distributed.Worker objects in {parts} processes "
         "(several workers share an event loop and a GIL), a dask scheduler process, the "
         "controller's DaskEngine in this process; all on 127.0.0.1 of this 2-core machine",
         "hosts": len(hosts),
@@ -1045,43 +1243,91 @@ def main() -> None:
             "ratio": round(longest / bound["bound"], 4),
         },
     }
-    variants = [Variant(float(s) / 1000) for s in args.scales.split(",") if s]
-    if args.what_if_at:
-        at = args.what_if_at / 1000
-        variants += [Variant(at, memo_why_not=True)]
-        variants += [Variant(at, memo_why_not=True, window=WINDOW)]
-        variants += [Variant(at, memo_why_not=True, window=WINDOW, longest_first=True)]
-        variants += [Variant(at, memo_why_not=True, stealing=False)] if args.stealing_off else []
-    runs = []
-    for variant in variants:
-        print(f"sim_lab: {len(cells)} cells, {variant.name}", flush=True)
-        spans, run = run_lab(cells, hosts, variant, parts=args.worker_processes, probes=probes)
-        figure = {"variant": variant.name, "engine_as_is": variant == Variant(variant.scale)}
-        figure |= figures(cells, hosts, variant.scale, spans, run)
-        print(json.dumps({k: figure[k] for k in ("makespan_s", "bound_s", "ratio")}), flush=True)
-        runs.append(figure)
-    doc["runs"] = runs
-    doc["targets"] = targets(doc)
-    doc["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    doc["seconds"] = round(time.monotonic() - started, 1)
-    out = args.out or (RESULTS if (args.cells, args.hosts) == (CELLS, HOSTS) else None)
-    if out is not None:
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc["targets"], indent=2))
+    with tempfile.TemporaryDirectory(prefix="sim-lab-earlier-") as folder:
+        reports, doc["expectations"] = earlier_runs(Path(folder), cells, random.Random(SEED + 2))
+        known = earlier_expectations([c.cell for c in cells], reports)
+    expected = [known.get(cell_key(c.cell)) for c in cells]
+    doc["expectations"] |= expectation_quality(cells, expected)
+    doc["dask_rule_reference"] = {
+        "what": "no engine, no overhead: the engine's policy (longest expected first, at most "
+        f"{WINDOW:g} x what fits handed over) under Dask's rule for placing a resource-"
+        "restricted task (see dask_rule_schedule); pure simulation, same cells, hosts and "
+        "expectations. What placement by that rule costs, apart from any latency",
+        "ratio_engine_policy": round(
+            dask_rule_schedule(work, offers, expected, window=WINDOW) / bound["bound"], 4
+        ),
+        "ratio_all_at_once_in_item_order": round(
+            dask_rule_schedule(work, offers, [None] * len(work), window=None) / bound["bound"], 4
+        ),
+    }
+    doc["dask_rule_reference"]["other_labs"] = other_labs(host_count, cell_count)
+    return hosts, cells, expected
+
+
+def other_labs(host_count: int, cell_count: int, count: int = 8) -> dict[str, Any]:
+    """The two references on other labs drawn the same way (seeds ``SEED + 100`` on, true
+    times as expectations): how typical this lab is."""
+    rule, pull = [], []
+    for seed in range(SEED + 100, SEED + 100 + count):
+        rng = random.Random(seed)
+        hosts = [h.capacity for h in make_hosts(rng, host_count)]
+        work = [(c.needs, c.seconds) for c in make_cells(rng, cell_count, demo_seconds())]
+        bound = lower_bound(work, hosts)["bound"]
+        seconds = [d for _, d in work]
+        rule.append(dask_rule_schedule(work, hosts, seconds, window=WINDOW) / bound)
+        pull.append(pull_schedule(sorted(work, key=lambda w: -w[1]), hosts) / bound)
+    return {
+        "what": f"{count} other labs drawn like this one (seeds {SEED + 100}-"
+        f"{SEED + 99 + count}), the cells' true times as their expectations",
+        "ratio_engine_policy": [round(r, 4) for r in rule],
+        "ratio_pull_longest_first": [round(r, 4) for r in pull],
+        "mean_engine_policy": round(statistics.fmean(rule), 4),
+        "mean_pull_longest_first": round(statistics.fmean(pull), 4),
+    }
+
+
+def previous_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of the results file this one replaces, in brief: what the engine measured
+    before (its source named by commit)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    brief = []
+    for run in old.get("runs", []):
+        brief.append(
+            {
+                "variant": run.get("variant"),
+                "engine": "as built then"
+                if run.get("engine_as_is", run.get("engine_as_built"))
+                else "what-if applied from outside",
+                "ratio": run.get("ratio"),
+                "makespan_s": run.get("makespan_s"),
+                "submit_loop_s": run.get("submit_loop_s"),
+                "measured": old.get("measured"),
+                "commit": old.get("source", {}).get("commit"),
+            }
+        )
+    if not brief:
+        return []
+    older = [r for r in old.get("previous_runs", []) if r.get("commit") != brief[0]["commit"]]
+    return brief + older
 
 
 def targets(doc: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, judged on the engine as it is at the largest scale; the overhead
+    """The issue's targets, judged on the engine as built at the largest scale; the overhead
     both under the full run's load and on a dedicated worker."""
     runs = doc["runs"]
-    main_run = max((r for r in runs if r["engine_as_is"]), key=lambda r: r["ms_per_demo_second"])
+    built = [r for r in runs if r["engine_as_built"]]
+    main_run = max(built, key=lambda r: r["ms_per_demo_second"])
     loaded = main_run["overhead_per_cell_ms"]["in_task"]["mean"]
     out = {
         "makespan_within_of_bound": round(TARGET_RATIO - 1, 2),
         "ratio": main_run["ratio"],
         "at_ms_per_demo_second": main_run["ms_per_demo_second"],
         "makespan_met": main_run["ratio"] <= TARGET_RATIO,
-        "best_what_if_ratio": min(r["ratio"] for r in runs),
+        "short_of_the_target_by": round(max(0.0, main_run["ratio"] - TARGET_RATIO), 4),
+        "ratio_at_each_scale": {str(r["ms_per_demo_second"]): r["ratio"] for r in built},
         "overhead_ms_per_cell": TARGET_OVERHEAD_MS,
         "overhead_mean_ms_full_run": loaded,
         "overhead_met_full_run": loaded < TARGET_OVERHEAD_MS,
@@ -1095,8 +1341,61 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
         "never_misplaced": all(r["cells_on_a_worker_lacking_a_label"] == 0 for r in runs),
         "never_overcommitted": all(r["overcommitted_starts"] == 0 for r in runs),
         "every_cell_ran": all(r["cells_refused"] == 0 for r in runs),
+        "every_cell_ran_once": all(
+            r["cells_refused"] == 0 and r["attempts_beyond_one"] == 0 for r in runs
+        ),
     }
+    if not out["makespan_met"]:
+        out["why_not_met"] = why_short(doc, main_run)
     return out
+
+
+def why_short(doc: dict[str, Any], judged: dict[str, Any]) -> str:
+    """Why the makespan misses the target, in the run's own figures."""
+    rule = doc.get("dask_rule_reference", {}).get("ratio_engine_policy")
+    at_once = doc.get("dask_rule_reference", {}).get("ratio_all_at_once_in_item_order")
+    pull = doc["pull_schedule_reference"]["longest_first"]["ratio"]
+    sizes = judged["vcpu_utilisation_by_host_size"]
+    poor = {k: v for k, v in sizes.items() if v < min(sizes.values()) + 0.15}
+    rest = [v for k, v in sizes.items() if k not in poor]
+    tenths = judged["vcpu_utilisation_by_tenth"]
+    said = [
+        f"{judged['ratio']:.3f}x the bound at {judged['ms_per_demo_second']:g} ms per demo "
+        f"second, {judged['ratio'] - TARGET_RATIO:.3f} over the target."
+    ]
+    if rule is not None:
+        said.append(
+            f"The engine's policy (longest expected first, at most {WINDOW:g} x what fits "
+            f"handed over) under Dask's rule for placing a resource-restricted task, simulated "
+            f"with no overhead at all, gives {rule:.3f}x (all at once in item order: "
+            f"{at_once:.3f}x); the engine measured {judged['ratio']:.3f}x, "
+            f"{'above' if judged['ratio'] > rule else 'below'} it by "
+            f"{abs(judged['ratio'] - rule):.3f}. So what is left is placement, not the "
+            "engine's cost per cell:"
+        )
+    said.append(
+        "Dask puts each resource-restricted task, the moment it is handed over, on the valid "
+        "worker with the fewest tasks per thread -- not where it fits now -- and a worker "
+        "runs its queue in priority order, the first task that does not fit blocking the rest. "
+        "Hosts whose memory runs out before their vCPUs look idle by that measure and collect "
+        f"cells they cannot run yet: {', '.join(f'{k} {v:.2f}' for k, v in poor.items())} of "
+        f"their vCPUs busy over the makespan, the others {min(rest):.2f}-{max(rest):.2f}. "
+        f"A placement that looks at free room (the pull reference, longest first) reaches "
+        f"{pull:.3f}x. Steady utilisation is {statistics.median(tenths[1:-1]):.2f}; the last "
+        f"tenth of the makespan {tenths[-1]:.2f} (the last cells end one by one). The "
+        "controller only decides how many cells Dask has and in what order; placing them by "
+        "free room would be a scheduler written here, or a Dask scheduler plugin -- not done."
+    )
+    others = doc.get("dask_rule_reference", {}).get("other_labs")
+    if others:
+        said.append(
+            f"This lab is a kind draw: on {len(others['ratio_engine_policy'])} other labs "
+            f"drawn the same way the same policy under Dask's rule gives "
+            f"{min(others['ratio_engine_policy']):.3f}-{max(others['ratio_engine_policy']):.3f}x "
+            f"(mean {others['mean_engine_policy']:.3f}x), the pull reference "
+            f"{others['mean_pull_longest_first']:.3f}x.",
+        )
+    return " ".join(said)
 
 
 def frozen() -> None:

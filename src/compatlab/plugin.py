@@ -8,6 +8,7 @@ started; each cell then becomes one :class:`CellItem` named
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -412,6 +413,7 @@ class _Session:
 
     def queue(self) -> Any:
         if self._queue is None:
+            from compatlab.engine.earlier import earlier_expectations
             from compatlab.engine.queue import CellQueue, default_capacity, xdist_share
 
             if self.scheduler and self.checks:
@@ -425,6 +427,12 @@ class _Session:
                 scheduler=self.scheduler,
                 capacity=default_capacity(self.settings.capacity, share=xdist_share()),
                 repeat=self.repeat,
+                # Longest expected first: how long each cell took in the runs beside this one.
+                expect=functools.partial(
+                    earlier_expectations,
+                    runs_dir=self.report_dir.parent,
+                    this_run=self.report_dir,
+                ),
             )
         return self._queue
 

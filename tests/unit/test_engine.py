@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from compatlab.errors import MatrixError
 from compatlab.lab.connection import Hypervisor
 from compatlab.matrix import Cell, load_matrix
 from compatlab.model import Verdict
-from compatlab.run import load_lab_settings
+from compatlab.run import LabSettings, load_lab_settings
 from compatlab.scenario import LabContext
 from tests.support.catalogs import make_project, matrix
 from tests.support.fakeguest import ScriptedGuest, TestMachine, scripted_lab
@@ -226,3 +227,273 @@ def test_the_workers_come_from_the_scheduler_not_the_clients_refreshed_cache(
         assert len(engine.workers()) == 1
     finally:
         engine.close()
+
+
+# -- order and flow: longest expected first, a bounded window (compatlab.engine.order) ----------
+
+
+def test_the_engine_hands_cells_to_dask_longest_expected_first_within_its_window(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+
+    def guests(cell: Cell, machine: Any, forwards: Any = ()) -> ScriptedGuest:
+        started.append(cell.id)
+        return ScriptedGuest(machine, machine.storage_dir / "serial.log", boot_seconds=0.5)
+
+    lab = scripted_lab(hv, tmp_path, guests, run_id="engine-order")
+    engine = DaskEngine(
+        run_id="engine-order",
+        report_dir=tmp_path / "report",
+        scheduler=None,
+        capacity=Capacity(vcpus=1, memory_mib=64 * 1024),  # one cell at a time
+        attempts=2,
+        lab=lambda: lab,
+        stop=lab.stop,
+    )
+    out: list[int] = []
+    send = engine._send
+
+    def counted(handle: Any) -> None:
+        out.append(engine._window.out)
+        send(handle)
+
+    monkeypatch.setattr(engine, "_send", counted)
+    expected = {"none": 10.0, "av": 40.0, "edr": 20.0, "dlp": 30.0}
+    engine.start()
+    try:
+        batch = cells(tmp_path)
+        handles = engine.submit_many((c, 1, expected[c.id.rsplit("/", 1)[1]]) for c in batch)
+        # One fits at once; the window is 1.25 x that, so two are Dask's and two are held.
+        assert [h.cell.id.rsplit("/", 1)[1] for h in handles if h.future] == ["av", "dlp"]
+        priorities = _scheduler_priorities(engine, 2)
+        assert sorted(priorities.values()) == [-40, -30]  # Dask's: higher runs first
+        results = [h.wait() for h in handles]
+    finally:
+        engine.close()
+    # Every cell ran, once, to its own verdict; only the order followed the expectation.
+    assert [r.verdict for r in results] == [Verdict.PASS] * 4, [r.reason for r in results]
+    assert [r.id for r in results] == [c.id for c in batch]
+    assert [s.rsplit("/", 1)[1] for s in started] == ["av", "dlp", "edr", "none"]
+    assert max(out) == 2  # never more than the window handed over
+
+
+def _scheduler_priorities(engine: DaskEngine, count: int) -> dict[str, int]:
+    """The user priority the scheduler holds for each of the run's tasks, once ``count`` are
+    there (a submit reaches the scheduler a moment after it returns)."""
+
+    def user_priorities(dask_scheduler: Any) -> dict[str, int]:
+        return {str(k): ts.priority[0] for k, ts in dask_scheduler.tasks.items() if ts.priority}
+
+    deadline = time.monotonic() + 30
+    found: dict[str, int] = {}
+    while len(found) < count:
+        assert time.monotonic() < deadline, found
+        found = dict(engine._client.run_on_scheduler(user_priorities))
+        time.sleep(0.05)
+    return found
+
+
+def test_a_cell_without_an_expectation_keeps_item_order(hv: Hypervisor, tmp_path: Path) -> None:
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=1, memory_mib=64 * 1024))
+    try:
+        handles = engine.submit_many((c, 1, None) for c in cells(tmp_path))
+        assert [h.priority for h in handles] == [0, 0, 0, 0]
+        assert [h.future is not None for h in handles] == [True, True, False, False]
+        results = [h.wait() for h in handles]
+    finally:
+        engine.close()
+    assert [r.verdict for r in results] == [Verdict.PASS] * 4, [r.reason for r in results]
+
+
+def test_held_cells_never_start_once_the_run_stops(hv: Hypervisor, tmp_path: Path) -> None:
+    from concurrent.futures import CancelledError
+
+    engine, _ = embedded(hv, tmp_path, Capacity(vcpus=1, memory_mib=64 * 1024))
+    handles = engine.submit_many((c, 1, None) for c in cells(tmp_path))
+    held = [h for h in handles if h.future is None]
+    assert held
+    engine.close(stop=True)
+    for handle in held:
+        assert handle.future is None
+        with pytest.raises(CancelledError):
+            handle.wait(poll=0.05)
+
+
+def test_placeability_is_asked_once_per_needs_and_again_when_the_workers_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask
+    from distributed import LocalCluster
+
+    from compatlab.capacity import IN_SERVICE, Needs
+    from compatlab.engine import cluster as engine_cluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lab = LocalCluster(
+            n_workers=1,
+            processes=False,
+            threads_per_worker=1,
+            resources=Capacity(2, 4096).resources(),
+            dashboard_address="127.0.0.1:0",
+        )
+    engine = DaskEngine(
+        run_id="engine-placeable",
+        report_dir=tmp_path / "report",
+        scheduler=lab.scheduler_address,
+        capacity=Capacity(1, 1),
+        attempts=1,
+    )
+    asked: list[Needs] = []
+    decide = engine._why_not
+
+    def counted(needs: Needs, offers: dict[str, dict[str, float]]) -> str | None:
+        asked.append(needs)
+        return decide(needs, offers)
+
+    monkeypatch.setattr(engine, "_why_not", counted)
+    monkeypatch.setattr(engine_cluster, "OFFERS_FOR", 0.0)  # every call sees the lab as it is
+    plain, tpm = Needs(1, 448), Needs(1, 448, frozenset({"tpm"}))
+    engine.start()
+    try:
+        for _ in range(20):
+            assert engine.why_not(plain) is None
+            assert "tpm=1" in (engine.why_not(tpm) or "")
+        assert asked == [plain, tpm]
+        # Drained for a health check: still a host that could run them. Nothing asked again.
+        _set_resources(engine, {IN_SERVICE: 0})
+        assert engine.why_not(plain) is None
+        assert asked == [plain, tpm]
+        # The host now offers tpm: asked again, and the cell can run.
+        _set_resources(engine, {"label-tpm": 2})
+        assert engine.why_not(tpm) is None
+        assert asked == [plain, tpm, tpm]
+    finally:
+        engine.close()
+        lab.close()
+
+
+def _set_resources(
+    engine: DaskEngine, resources: dict[str, float], workers: list[str] | None = None
+) -> None:
+    async def offer(dask_worker: Any) -> None:
+        await dask_worker.set_resources(**resources)
+
+    engine._client.run(offer, workers=workers)
+    deadline = time.monotonic() + 30
+    while not all(
+        all(o.get(k) == v for k, v in resources.items())
+        for a, o in engine.workers().items()
+        if workers is None or a in workers
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_next_attempt_whose_only_hosts_failed_their_checks_ends_infra_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lab failed the cell on one worker; its next attempt may only go to the other, which
+    # went out of service and failed its checks before the attempt started. Dask leaves such an
+    # attempt unplaced for ever; the cell ends infra_error, as when no host is left at all.
+    import dask
+    from distributed import LocalCluster
+
+    from compatlab.capacity import IN_SERVICE, cell_needs
+    from compatlab.engine import cluster as engine_cluster
+    from compatlab.engine.handle import CellHandle
+    from compatlab.engine.health import HostState, worker_health
+
+    def failed_its_checks(dask_worker: Any) -> None:
+        health = worker_health(dask_worker).health
+        health.state, health.findings = HostState.BAD, ["stand-in: array gone"]
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lab = LocalCluster(
+            n_workers=2,
+            processes=False,
+            threads_per_worker=1,
+            resources=Capacity(1, 4096).resources(),
+            dashboard_address="127.0.0.1:0",
+        )
+    engine = DaskEngine(
+        run_id="engine-bad-hosts",
+        report_dir=tmp_path / "report",
+        scheduler=lab.scheduler_address,
+        capacity=Capacity(1, 1),
+        attempts=2,
+    )
+    monkeypatch.setattr(engine_cluster, "TEND_EVERY", 0.0)
+    engine.start()
+    try:
+        failed_on, bad = sorted(engine.workers())
+        engine._client.run(failed_its_checks, workers=[bad])
+        _set_resources(engine, {IN_SERVICE: 0}, workers=[bad])
+        cell = cells(tmp_path)[0]
+        handle = CellHandle(cell, engine, cell_needs(cell), avoid={failed_on})
+        handle.lost.append(f"lab failure on {failed_on}")
+        engine._handles.append(handle)
+        engine.submit_attempt(handle)
+        deadline = time.monotonic() + 30
+        while handle.result is None:
+            assert time.monotonic() < deadline, "the attempt waits for ever"
+            engine.tend()
+            time.sleep(0.1)
+    finally:
+        engine.close()
+        lab.close()
+    assert handle.result.verdict is Verdict.INFRA_ERROR
+    assert "stand-in: array gone" in handle.result.reason, handle.result.reason
+
+
+@dataclass
+class QueueRun:
+    """What ``CellQueue`` takes from a ``LabRun`` (the lab on the test driver, as the
+    embedded engine's tests use it): a stand-in for the run, not for the engine."""
+
+    lab: Any
+    run_id: str = "engine-queue"
+    settings: LabSettings = field(default_factory=lambda: LabSettings(attempts=1))
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: Any = None
+
+
+def test_the_session_queue_hands_its_expectations_to_the_engine(
+    hv: Hypervisor, tmp_path: Path
+) -> None:
+    from compatlab.engine.order import cell_key
+    from compatlab.engine.queue import CellQueue
+
+    started: list[str] = []
+
+    def guests(cell: Cell, machine: Any, forwards: Any = ()) -> ScriptedGuest:
+        started.append(cell.id.rsplit("/", 1)[1])
+        return ScriptedGuest(machine, machine.storage_dir / "serial.log", boot_seconds=0.5)
+
+    lab = scripted_lab(hv, tmp_path, guests, run_id="engine-queue")
+    run = QueueRun(lambda: lab, stop=lab.stop)
+    seconds = {"none": 10.0, "av": 20.0, "edr": 40.0, "dlp": 30.0}
+    asked: list[list[str]] = []
+
+    def expect(batch: Sequence[Cell]) -> dict[tuple[str, str], float]:
+        asked.append([c.id for c in batch])
+        return {cell_key(c): seconds[c.id.rsplit("/", 1)[1]] for c in batch}
+
+    queue = CellQueue(
+        run,  # type: ignore[arg-type]
+        report_dir=tmp_path / "report",
+        scheduler=None,
+        capacity=Capacity(vcpus=1, memory_mib=64 * 1024),
+        expect=expect,
+    )
+    batch = cells(tmp_path)
+    try:
+        queue.submit(batch)
+        queue.submit(batch)  # once only
+        results = [queue.wait(cell) for cell in batch]  # pytest's items, in item order
+    finally:
+        queue.close(stop=False)
+    assert asked == [[c.id for c in batch]]
+    assert [r.id for r in results] == [c.id for c in batch]
+    assert [r.verdict for r in results] == [Verdict.PASS] * 4, [r.reason for r in results]
+    assert started == ["edr", "dlp", "av", "none"]

@@ -19,6 +19,13 @@ controller connects. A worker lost mid-cell (``KilledWorker``, a closed connecti
 claim refused) is a lab failure: the cell is submitted again, to another worker where one fits,
 within the lab's ``attempts``; past them it is ``infra_error`` with the reasons. Never a verdict
 on the candidate, never two results for one cell.
+
+Order and flow (:mod:`compatlab.engine.order`): each cell goes to Dask with ``priority=`` its
+expected seconds, longest first, and the controller hands over at most a window of cells at a
+time -- :data:`~compatlab.engine.order.WINDOW` times what fits the lab now -- holding the rest in
+priority order and handing over the next as each attempt ends. Dask places every cell. Whether
+any worker could ever hold a cell is asked once per distinct :class:`~compatlab.capacity.Needs`,
+again only when the set of workers or what they offer has changed.
 """
 
 from __future__ import annotations
@@ -27,18 +34,16 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import CancelledError
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compatlab.capacity import IN_SERVICE, Capacity, Needs, cell_needs
+from compatlab.engine.handle import CellHandle
 from compatlab.engine.health import HostState, health_of
-from compatlab.engine.task import CellTask, TaskOutcome, register_lab, unregister_lab
+from compatlab.engine.order import WINDOW, Window, in_flight_limit, priority
+from compatlab.engine.task import CellTask, register_lab, unregister_lab
 from compatlab.errors import LabError
-from compatlab.model import CellResult, Event, Verdict
 
 if TYPE_CHECKING:
     from compatlab.matrix import Cell
@@ -54,102 +59,10 @@ STOP_WAIT = 120.0
 TEND_EVERY = 1.0
 #: How long closing the engine may take.
 CLOSE_WAIT = 10.0
+#: How long the controller's view of the workers (for placeability and the window) is reused.
+OFFERS_FOR = 1.0
 # A task is never run again by the scheduler after its worker died: compatlab decides.
 _SETTINGS = {"distributed.scheduler.allowed-failures": 0}
-
-
-@dataclass
-class CellHandle:
-    """One submitted cell: its attempts on the engine, and in the end exactly one result."""
-
-    cell: Cell
-    engine: DaskEngine
-    needs: Needs
-    future: Any = None
-    lost: list[str] = field(default_factory=list)
-    result: CellResult | None = None
-    #: Workers where the lab failed this cell: its next attempt goes elsewhere.
-    avoid: set[str] = field(default_factory=set)
-    #: Which run of the cell this is (``--matrix-repeat``).
-    repeat: int = 1
-
-    def wait(self, tick: Callable[[], None] = lambda: None, poll: float = 0.5) -> CellResult:
-        """Block until the cell has its one result; ``tick`` runs between polls (progress)."""
-        while self.result is None:
-            try:
-                outcome = self.future.result(timeout=poll)
-            except FutureTimeout:
-                tick()
-                self.engine.tend()
-                continue
-            except (CancelledError, Exception) as exc:  # KilledWorker, CommClosedError, ...
-                if self.engine.stopping:
-                    raise
-                self._lost(f"{type(exc).__name__}: {exc}".strip(": "))
-                continue
-            self._take(outcome)
-        return self.result
-
-    def move(self, away_from: str) -> None:
-        """Place the waiting attempt again, elsewhere: its worker went out of service before
-        it started there (it never ran: no attempt is lost)."""
-        self.future.cancel()
-        self.avoid.add(away_from)
-        log.warning("compatlab: %s: its worker is out of service; placed again", self.cell.id)
-        self.engine.submit_attempt(self)
-
-    def give_up(self, why: str) -> None:
-        """No worker of the engine will run this cell: ``infra_error`` saying why."""
-        from compatlab.scenario import infra_error_result
-
-        if self.future is not None:
-            self.future.cancel()
-        self.result = infra_error_result(
-            self.cell, f"the lab cannot run this cell: {why}", attempts=len(self.lost)
-        )
-
-    def _take(self, outcome: TaskOutcome) -> None:
-        if outcome.duplicate or outcome.result is None:
-            self._lost(f"the engine ran the attempt again on {outcome.worker} (refused)")
-            return
-        result = outcome.result
-        if (
-            result.verdict is Verdict.INFRA_ERROR
-            and outcome.address
-            and len(self.lost) + 1 < self.engine.attempts
-            and self.engine.another_host_for(self.needs, self.avoid | {outcome.address})
-        ):
-            # The lab failed on that host (after its own retries there): another host tries.
-            if outcome.evidence is not None:
-                outcome.evidence.discard()
-            self.avoid.add(outcome.address)
-            self._lost(f"lab failure on {outcome.worker}: {result.reason}")
-            return
-        if outcome.evidence is not None:
-            try:
-                outcome.evidence.unpack(self.engine.report_dir)
-            except Exception as exc:  # the verdict stands without its evidence
-                log.error("compatlab: %s: evidence from %s: %s", self.cell.id, outcome.worker, exc)
-                result.events.append(Event(0.0, "engine", "evidence_lost", str(exc)))
-        for reason in self.lost:
-            result.events.insert(0, Event(0.0, "engine", "worker_lost", reason))
-        result.attempts += len(self.lost)
-        self.result = result
-
-    def _lost(self, reason: str) -> None:
-        self.lost.append(reason)
-        log.warning("compatlab: %s: worker lost mid-cell (%s)", self.cell.id, reason)
-        if len(self.lost) >= self.engine.attempts:
-            from compatlab.scenario import infra_error_result
-
-            said = "; ".join(self.lost)
-            self.result = infra_error_result(
-                self.cell,
-                f"the lab lost the cell's worker {len(self.lost)} time(s): {said}",
-                attempts=len(self.lost),
-            )
-            return
-        self.engine.submit_attempt(self)
 
 
 class DaskEngine:
@@ -166,6 +79,7 @@ class DaskEngine:
         lab: Callable[[], LabContext] | None = None,
         stop: threading.Event | None = None,
         progress: Callable[..., None] | None = None,
+        window: float = WINDOW,
     ) -> None:
         self.run_id = run_id
         self._progress = progress  # where a lab's workers' cell phases go (task.follow_phases)
@@ -181,6 +95,13 @@ class DaskEngine:
         self._keys = itertools.count(1)
         self._handles: list[CellHandle] = []
         self._next_tend = 0.0
+        self._window: Window[CellHandle] = Window()
+        self._window_factor = window
+        self._sizes = [0, 0, 0]  # the cells' vCPUs and MiB summed, and how many: the mean cell
+        self._offers: dict[str, dict[str, float]] = {}
+        self._offers_until = 0.0
+        self._placeable: dict[Needs, str | None] = {}
+        self._placeable_for: frozenset[tuple[str, frozenset[tuple[str, float]]]] = frozenset()
 
     # -- the cluster ----------------------------------------------------------------------
 
@@ -233,11 +154,34 @@ class DaskEngine:
         identity = self._client.sync(self._client.scheduler.identity, n_workers=-1)
         return {addr: dict(w.get("resources", {})) for addr, w in identity["workers"].items()}
 
+    def offers(self) -> dict[str, dict[str, float]]:
+        """:meth:`workers`, asked again at most every :data:`OFFERS_FOR` seconds: what the
+        controller's hot path (every submit, every hand-over) looks at."""
+        now = time.monotonic()
+        if now >= self._offers_until:
+            if self.scheduler is None:
+                self._offers = {"embedded": self.capacity.resources()}
+            else:
+                self._offers = self.workers()
+            self._offers_until = time.monotonic() + OFFERS_FOR
+        return self._offers
+
     def why_not(self, needs: Needs) -> str | None:
-        """Why no worker of the engine can ever run a VM with these needs, or None."""
+        """Why no worker of the engine can ever run a VM with these needs, or None.
+
+        Asked once per distinct needs; the answers are dropped when the workers, or what they
+        offer (in service or not aside), have changed."""
         if self.scheduler is None:
             return self.capacity.why_not(needs)
-        offers = self.workers()
+        offers = self.offers()
+        sized = frozenset((a, frozenset(_sized_offer(o).items())) for a, o in offers.items())
+        if sized != self._placeable_for:
+            self._placeable, self._placeable_for = {}, sized
+        if needs not in self._placeable:
+            self._placeable[needs] = self._why_not(needs, offers)
+        return self._placeable[needs]
+
+    def _why_not(self, needs: Needs, offers: dict[str, dict[str, float]]) -> str | None:
         if not offers:
             return f"no worker is connected to the scheduler {self.scheduler}"
         if self._fitting(needs, offers):
@@ -268,17 +212,27 @@ class DaskEngine:
         """Cells waiting on a worker that went out of service (the main thread, at most once
         a second): placed again on one in service, or, when every worker that could run them
         failed its health checks, ended ``infra_error`` instead of waiting for ever. A cell
-        already running on a drained worker finishes there."""
+        already running on a drained worker finishes there. Cells handed over while no worker
+        for them was in service are placed once one is. And held cells the window has room for
+        are handed over (as when an attempt ends)."""
+        self.hand_over()
         now = time.monotonic()
         if now < self._next_tend:
             return
         self._next_tend = now + TEND_EVERY
+        waiting = [h for h in self._handles if h.result is None and h.future is not None]
+        if not waiting:
+            return
         offers = self.workers()
         serving = self._in_service(offers)
+        unplaced = set(self._client.run_on_scheduler(_unplaced))
+        for handle in waiting:
+            fitting = self._fitting(handle.needs, offers)
+            if handle.future.key in unplaced and set(fitting) & serving - handle.avoid:
+                handle.place_again()
         out = [addr for addr in offers if addr not in serving]
         if not out:
             return
-        waiting = [h for h in self._handles if h.result is None and h.future is not None]
         placed = {k: addr for addr, keys in self._client.processing().items() for k in keys}
         executing = set().union(*self._client.run(_executing, workers=out).values())
         states: dict[str, tuple[str, str]] = self._client.run(health_of, workers=out)
@@ -292,36 +246,92 @@ class DaskEngine:
                 a in serving and a not in handle.avoid | {where} for a in fitting
             ):
                 handle.move(away_from=where)
-            elif fitting and all(states.get(a, ("", ""))[0] == HostState.BAD.name for a in fitting):
-                handle.give_up("; ".join(states[a][1] for a in fitting))
+                continue
+            # A next attempt goes only where the lab has not failed it: when all of those
+            # failed their checks, so did the cell's last chance.
+            left = [a for a in fitting if a not in handle.avoid] or fitting
+            if left and all(states.get(a, ("", ""))[0] == HostState.BAD.name for a in left):
+                handle.give_up("; ".join(states[a][1] for a in left))
 
     # -- cells ----------------------------------------------------------------------------
 
-    def submit(self, cell: Cell, repeat: int = 1) -> CellHandle:
-        handle = CellHandle(cell, self, cell_needs(cell), repeat=repeat)
+    def submit(self, cell: Cell, repeat: int = 1, *, expected: float | None = None) -> CellHandle:
+        """One cell (its ``repeat``-th run), expected to take ``expected`` seconds (None: not
+        known). Handed to the engine at once if the window has room, else held."""
+        handle = self._hold(cell, repeat, expected)
+        self.hand_over()
+        return handle
+
+    def submit_many(self, cells: Iterable[tuple[Cell, int, float | None]]) -> list[CellHandle]:
+        """Cells as ``(cell, repeat, expected seconds)``: all held first, so the first ones
+        handed over are the longest expected of them all, not the first given."""
+        handles = [self._hold(cell, repeat, expected) for cell, repeat, expected in cells]
+        self.hand_over()
+        return handles
+
+    def _hold(self, cell: Cell, repeat: int, expected: float | None) -> CellHandle:
+        needs = cell_needs(cell)
+        handle = CellHandle(cell, self, needs, repeat=repeat, priority=priority(expected))
         self._handles.append(handle)
         why = self.why_not(handle.needs)
         if why is not None:
             handle.give_up(why)
             return handle
-        self.submit_attempt(handle)
+        self._sizes[0] += needs.vcpus
+        self._sizes[1] += needs.memory_mib
+        self._sizes[2] += 1
+        self._window.hold(handle, handle.priority)
         return handle
 
+    def hand_over(self) -> None:
+        """Hand held cells to the engine while the window has room, longest expected first."""
+        if self.stopping or self._client is None:
+            return
+        vcpus, memory, count = self._sizes
+        if count:
+            self._window.limit = in_flight_limit(
+                self.offers().values(), vcpus / count, memory / count, self._window_factor
+            )
+        for handle in self._window.due():
+            self._send(handle)
+
     def submit_attempt(self, handle: CellHandle) -> None:
+        """Another attempt of a cell handed over already (its worker was lost, or went out
+        of service): at once, counted in the window."""
+        self._window.add()
+        self._send(handle)
+
+    def _send(self, handle: CellHandle) -> None:
         from compatlab.engine.task import run_cell_task
 
         key = f"compatlab-{self.run_id}-{handle.cell.id}-{next(self._keys)}"
         elsewhere = [a for a in self.workers() if a not in handle.avoid] if handle.avoid else None
-        handle.future = self._client.submit(
-            run_cell_task,
-            CellTask(handle.cell, self.run_id, key, repeat=handle.repeat),
-            key=key,
-            pure=False,
-            retries=0,
-            resources=handle.needs.resources(),
-            workers=elsewhere,
-            allow_other_workers=False,
-        )
+        try:
+            future = self._client.submit(
+                run_cell_task,
+                CellTask(handle.cell, self.run_id, key, repeat=handle.repeat),
+                key=key,
+                pure=False,
+                retries=0,
+                priority=handle.priority,
+                resources=handle.needs.resources(),
+                workers=elsewhere,
+                allow_other_workers=False,
+            )
+        except BaseException:
+            self._window.done()
+            raise
+        handle.future = future
+        handle.handed.set()
+        future.add_done_callback(self._ended)
+
+    def _ended(self, _future: Any) -> None:
+        """An attempt ended (Dask's callback thread): its place in the window is free."""
+        self._window.done()
+        try:
+            self.hand_over()
+        except Exception as exc:  # the main thread's next tend() tries again
+            log.warning("compatlab: handing over the next cells: %s", exc)
 
     def close(self, *, stop: bool = False) -> None:
         """Stop: running cells tear their VMs down (bounded wait), queued ones never start."""
@@ -352,6 +362,16 @@ def _executing(dask_worker: Any) -> list[str]:
     resources): a task whose result is on its way to the controller is not waiting either."""
     waiting = ("waiting", "ready", "constrained", "fetch", "flight", "missing")
     return [k for k, ts in dask_worker.state.tasks.items() if ts.state not in waiting]
+
+
+def _unplaced(dask_scheduler: Any) -> list[str]:
+    """For ``run_on_scheduler``: the tasks no worker could take when they came ("no-worker")."""
+    return [str(ts.key) for ts in dask_scheduler.unrunnable]
+
+
+def _sized_offer(offer: dict[str, float]) -> dict[str, float]:
+    """What a worker offers, in service or not."""
+    return {k: v for k, v in offer.items() if k != IN_SERVICE}
 
 
 def _sized(needs: Needs) -> dict[str, float]:
