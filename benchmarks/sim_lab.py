@@ -1370,9 +1370,16 @@ def why_short(doc: dict[str, Any], judged: dict[str, Any]) -> str:
             f"with no overhead at all, gives {rule:.3f}x (all at once in item order: "
             f"{at_once:.3f}x); the engine measured {judged['ratio']:.3f}x, "
             f"{'above' if judged['ratio'] > rule else 'below'} it by "
-            f"{abs(judged['ratio'] - rule):.3f}. So what is left is placement, not the "
-            "engine's cost per cell:"
+            f"{abs(judged['ratio'] - rule):.3f}."
         )
+        if judged["ratio"] <= rule + 0.02:
+            said.append("So what is left is placement, not the engine's cost per cell:")
+        else:
+            said.append(
+                f"So {max(0.0, rule - TARGET_RATIO):.3f} of the gap is placement and "
+                f"{judged['ratio'] - rule:.3f} the engine's own cost here (latency, and the "
+                "machine's load). The placement:"
+            )
     said.append(
         "Dask puts each resource-restricted task, the moment it is handed over, on the valid "
         "worker with the fewest tasks per thread -- not where it fits now -- and a worker "
@@ -1388,12 +1395,14 @@ def why_short(doc: dict[str, Any], judged: dict[str, Any]) -> str:
     )
     others = doc.get("dask_rule_reference", {}).get("other_labs")
     if others:
+        mean = others["mean_engine_policy"]
         said.append(
-            f"This lab is a kind draw: on {len(others['ratio_engine_policy'])} other labs "
-            f"drawn the same way the same policy under Dask's rule gives "
+            f"On {len(others['ratio_engine_policy'])} other labs drawn the same way the same "
+            f"policy under Dask's rule gives "
             f"{min(others['ratio_engine_policy']):.3f}-{max(others['ratio_engine_policy']):.3f}x "
-            f"(mean {others['mean_engine_policy']:.3f}x), the pull reference "
-            f"{others['mean_pull_longest_first']:.3f}x.",
+            f"(mean {mean:.3f}x), the pull reference "
+            f"{others['mean_pull_longest_first']:.3f}x on average: this lab is "
+            f"{'a kind' if rule is not None and rule < mean else 'not a kind'} draw."
         )
     return " ".join(said)
 
@@ -1405,8 +1414,13 @@ def frozen() -> None:
     import atexit
     import shutil
 
-    if os.environ.get("SIM_LAB_SOURCE") or "--serve-workers" in sys.argv:
-        atexit.register(shutil.rmtree, os.environ.pop("SIM_LAB_COPY", ""), True)
+    if "--serve-workers" in sys.argv:
+        return  # the copy is the controller's: a workers' process that ends must not remove it
+    if os.environ.get("SIM_LAB_SOURCE"):
+        # Taken out of the environment before any process starts, so none of them sees it.
+        taken = os.environ.pop("SIM_LAB_COPY", "")
+        if taken:
+            atexit.register(shutil.rmtree, taken, True)
         return
     copy = Path(tempfile.mkdtemp(prefix="sim-lab-src-"))
     shutil.copytree(
