@@ -13,7 +13,7 @@ import pytest
 
 from compatlab.cli import main
 from compatlab.model import Attribution, Boot, CellResult, Verdict
-from compatlab.report import RunInfo, cell_slug, write_results
+from compatlab.report import RunInfo, cell_slug, render_report, write_results
 from tests.support.catalogs import write
 
 MATRIX = "matrix/demo.yaml"
@@ -131,7 +131,7 @@ def test_signoff_json_records_the_decision_the_blast_radius_and_what_was_tested(
     (blocking,) = broad["blocking"]
     failing = demo_cells()[2]
     assert blocking["id"] == failing.id and blocking["status"] == "fails"
-    assert blocking["evidence"] == f"index.html#{cell_slug(failing)}"
+    assert blocking["evidence"] == f"cells/{cell_slug(failing)}.html"
     tested = document["tested"]
     assert tested["candidate"] == {"name": "acme-sensor", "version": "7.11.1", "sha256": SHA}
     assert tested["matrix"] == [{"path": MATRIX, "sha256": "cd" * 32}]
@@ -158,8 +158,34 @@ def test_guest_text_is_escaped_on_the_page(run_dir: Path, policy: Path) -> None:
     assert "&#34;quoted&#34;" in page and "&#39;single&#39;" in page
     assert not re.search(r"""(href|src)\s*=\s*["']?\s*javascript:""", page, re.IGNORECASE)
     assert not re.search(r"""(href|src)\s*=\s*["']?https?:""", page)  # nothing fetched
-    assert f'href="index.html#{cell_slug(demo_cells()[2])}"' in page
+    assert f'href="cells/{cell_slug(demo_cells()[2])}.html"' in page
     assert "about 22% of the fleet" in page
+
+
+def test_every_evidence_link_opens_the_cells_page_in_the_report(
+    tmp_path: Path, policy: Path
+) -> None:
+    """The links go to the pages ``compatlab report`` wrote, whatever the page names had to
+    become: two matrix files (names carry the matrix), ids that differ only in unsafe
+    characters (the second gets ``-2``)."""
+    other = "matrix/demo-faults.yaml"
+    cells = [
+        *demo_cells(),
+        replace(cell("a/h1/x y", Verdict.CRASH, 0.0), matrix=other),
+        replace(cell("a/h1/x_y", Verdict.HANG, 0.0), matrix=other),
+    ]
+    write_results(tmp_path, run_info(matrix=(MATRIX, other)), cells)
+    render_report(tmp_path, history=False)
+    signoff(tmp_path, policy)
+    document = json.loads((tmp_path / "signoff.json").read_text())
+    links = {c["evidence"] for r in document["rings"] for c in r["blocking"] + r["allowed"]}
+    page = (tmp_path / "signoff.html").read_text()
+    links |= set(re.findall(r'href="([^"#]*(?:#[^"]*)?)"', page)) - {"index.html"}
+    assert len(links) == 3, links  # three failing cells, each blocking some ring
+    for link in links:
+        path, _, fragment = link.partition("#")
+        assert not fragment, f"{link}: a page, not an anchor the index does not have"
+        assert (tmp_path / path).is_file(), f"{link} names no page of the report"
 
 
 def test_a_hostile_cell_id_cannot_leave_its_attribute(tmp_path: Path, policy: Path) -> None:

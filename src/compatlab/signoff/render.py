@@ -3,8 +3,9 @@
 The page is self-contained (inline CSS, no script, nothing fetched) and rendered by Jinja2 with
 autoescape on: cell reasons carry guest text (a panic line, an installer's output), which must
 show as text. Every value is also stripped of control characters and capped, as the report's
-pages are. Links go to the report beside it: ``index.html#<cell slug>``
-(:func:`compatlab.report.cell_slug`).
+pages are. Links go to each cell's evidence page in the report beside it, ``cells/<name>.html``,
+named as the report names them (:class:`compatlab.report.pages.PageNames`, over the cells in
+results.json's order).
 
 Whatever a run did not record (a results.json from before payload checksums) is said as "not
 recorded" on the page and ``null`` in the JSON -- never guessed.
@@ -24,7 +25,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from compatlab.model import CellResult
-from compatlab.report import RunInfo, cell_slug, write_text_atomic
+from compatlab.report import RunInfo, write_text_atomic
+from compatlab.report.pages import PageNames, qualified
 from compatlab.signoff.decide import CellCheck, RingDecision, SignOff
 from compatlab.text import cap_text, printable
 
@@ -78,11 +80,20 @@ def summary_lines(signoff: SignOff) -> list[str]:
 # -- signoff.json ---------------------------------------------------------------------------------
 
 
-def _anchor(cell: CellResult, qualify: bool) -> str:
-    return f"index.html#{quote(cell_slug(cell, qualify=qualify))}"
+class _Pages:
+    """Where each cell's evidence page is, relative to the run folder: the names the report
+    gave its pages (two cells whose ids differ only in unsafe characters get two pages)."""
+
+    def __init__(self, run: RunInfo, cells: Sequence[CellResult]) -> None:
+        self._names = PageNames(qualified(run, cells))
+        self._given = {id(c): n for c, n in zip(cells, self._names.names(cells), strict=True)}
+
+    def href(self, cell: CellResult) -> str:
+        name = self._given.get(id(cell)) or self._names.name(cell)
+        return f"cells/{quote(name)}.html"
 
 
-def _cell_json(check: CellCheck, qualify: bool) -> dict[str, object]:
+def _cell_json(check: CellCheck, pages: _Pages) -> dict[str, object]:
     cell = check.cell
     return {
         "matrix": cell.matrix,
@@ -92,11 +103,11 @@ def _cell_json(check: CellCheck, qualify: bool) -> dict[str, object]:
         "verdict": cell.verdict.value,
         "attribution": cell.attribution.value if cell.attribution else None,
         "fleet_share": cell.fleet_share,
-        "evidence": _anchor(cell, qualify),
+        "evidence": pages.href(cell),
     }
 
 
-def _ring_json(decision: RingDecision, qualify: bool) -> dict[str, object]:
+def _ring_json(decision: RingDecision, pages: _Pages) -> dict[str, object]:
     ring = decision.ring
     return {
         "name": ring.name,
@@ -118,8 +129,8 @@ def _ring_json(decision: RingDecision, qualify: bool) -> dict[str, object]:
         "blocking_fleet_share": decision.blocking_fleet.share
         if decision.blocking_fleet.known
         else None,
-        "blocking": [_cell_json(c, qualify) for c in decision.blocking],
-        "allowed": [_cell_json(c, qualify) for c in decision.allowed],
+        "blocking": [_cell_json(c, pages) for c in decision.blocking],
+        "allowed": [_cell_json(c, pages) for c in decision.allowed],
     }
 
 
@@ -145,7 +156,7 @@ def signoff_document(
     signoff: SignOff, run: RunInfo, cells: Sequence[CellResult], *, written: datetime
 ) -> dict[str, object]:
     """signoff.json as a JSON-ready dict."""
-    qualify = _qualify(run, cells)
+    pages = _Pages(run, cells)
     return {
         "schema": SCHEMA,
         "decision": "go" if signoff.go else "no-go",
@@ -162,16 +173,11 @@ def signoff_document(
             if signoff.tested_fleet.known
             else None,
         },
-        "rings": [_ring_json(r, qualify) for r in signoff.rings],
+        "rings": [_ring_json(r, pages) for r in signoff.rings],
         "tested": _tested(run),
         "policy": {"path": str(signoff.policy.path), "sha256": signoff.policy.sha256},
         "signed_off": {"written": written.isoformat(), "compatlab_version": _version()},
     }
-
-
-def _qualify(run: RunInfo, cells: Sequence[CellResult]) -> bool:
-    """The report names a cell's page with its matrix when the run has several (html.py)."""
-    return len({c.matrix for c in cells} | set(run.matrix)) > 1
 
 
 def _version() -> str:
@@ -219,12 +225,11 @@ def render_html(
     signoff: SignOff, run: RunInfo, cells: Sequence[CellResult], *, written: datetime
 ) -> str:
     """The sign-off page."""
-    qualify = _qualify(run, cells)
+    pages = _Pages(run, cells)
 
     def rows(checks: Sequence[CellCheck]) -> list[_Row]:
         return [
-            _Row(c, _anchor(c.cell, qualify), _percent(c.cell.fleet_share))
-            for c in checks[:_SHOWN_CELLS]
+            _Row(c, pages.href(c.cell), _percent(c.cell.fleet_share)) for c in checks[:_SHOWN_CELLS]
         ]
 
     tested = _tested(run)
@@ -250,7 +255,7 @@ def render_html(
                 }
                 for d in signoff.rings
             ],
-            qualify=qualify,
+            qualify=qualified(run, cells),
             written=written.strftime("%Y-%m-%d %H:%M:%S %Z").strip(),
             version=_version(),
         )
