@@ -442,6 +442,24 @@ def test_a_windows_crash_without_a_code_gets_it_from_the_event_log_after_the_nex
     assert "0x50 PAGE_FAULT_IN_NONPAGED_AREA" in result.reason
 
 
+def test_a_blue_screen_report_puts_the_faulting_module_in_the_cells_crash_title(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same crash, and Windows Error Reporting analysed it: its fault bucket names the
+    module, which the cell's crash signature carries. (Scripted guest, hand-written evidence.)"""
+    monkeypatch.setenv("LAB_PASSWORD", "not-used-by-the-scripted-guest")
+    baseline = (WINDOWS_FIXTURES / "clean_boot.json").read_text()
+    crashed = (WINDOWS_FIXTURES / "bugcheck_0x50_reported.json").read_text()
+    evidence = [CommandResult(0, baseline, "", 0.1), CommandResult(0, crashed, "", 0.1)]
+    guests = Guests(
+        {"boots": boots("ok", "ok", "crash"), "commands": {"Get-WinEvent": evidence}}, {}
+    )
+    result = run(hv, tmp_path, windows_cell(tmp_path), guests)
+    assert result.verdict is Verdict.CRASH, result.reason
+    assert result.bugcheck is not None
+    assert result.bugcheck.signature == "PAGE_FAULT_IN_NONPAGED_AREA (0x50) in acmesensor"
+
+
 def test_a_golden_image_that_does_not_boot_is_the_labs_failure_not_the_configurations(
     hv: Hypervisor, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from compatlab.checks.windows import (
     findings,
     parse_evidence,
 )
+from compatlab.checks.windows_events import bucket_module
 from compatlab.errors import GuestError
 from compatlab.guest.winrm import WinRMChannel
 from compatlab.model import Bugcheck
@@ -125,7 +126,13 @@ def test_the_script_goes_to_powershell_once(
 
 def test_the_readable_script_keeps_its_comments() -> None:
     assert "# compatlab crash evidence" in EVIDENCE_SCRIPT
-    assert "\n# -- the System log" in EVIDENCE_SCRIPT
+    assert "\n# -- the System log, and WER's reports" in EVIDENCE_SCRIPT
+
+
+def test_the_script_also_reads_wer_reports_from_the_application_log() -> None:
+    script = evidence_script(SINCE)
+    assert "LogName = 'Application'; ProviderName = 'Windows Error Reporting'; Id = 1001" in script
+    assert '$problems.Add("$($filter.LogName) log: $err")' in script  # each log's own failure
 
 
 def test_a_bugcheck_comes_back_through_the_channel(
@@ -401,3 +408,83 @@ def test_malformed_output_is_a_guest_error(text: str, reason: str) -> None:
     assert caught.value.channel == "agent"
     assert caught.value.domain == "win11-cell"
     assert "printed no evidence document" in str(caught.value)
+
+
+# -- the faulting module: a WER BlueScreen report's fault bucket ---------------------------------
+
+
+def test_a_blue_screen_report_names_the_faulting_module_in_the_title() -> None:
+    # HAND-WRITTEN (tests/support/windows/README.md): the 0x50 of bugcheck_0x50.json, and the
+    # Application log's WER 1001 of its BlueScreen report, bucket AV_R_INVALID_acmesensor!...
+    found = evidence("bugcheck_0x50_reported.json")
+    stop = bugcheck(found)
+    assert stop == PAGE_FAULT  # the 41's code and parameters, oldest first
+    assert stop is not None
+    assert stop.signature == "PAGE_FAULT_IN_NONPAGED_AREA (0x50) in acmesensor"
+    assert (
+        "WER report 1001 at 2025-11-23 09:15:21Z: BlueScreen 0x50 PAGE_FAULT_IN_NONPAGED_AREA "
+        "in acmesensor" in findings(found)
+    )
+
+
+def test_the_report_is_read_from_its_message_when_its_fields_are_missing() -> None:
+    raw = document("bugcheck_0x50_reported.json")
+    (report,) = [e for e in raw["Events"] if e["Provider"] == "Windows Error Reporting"]
+    report["Data"] = {}
+    raw["Events"] = [report]
+
+    stop = bugcheck(parse_evidence(json.dumps(raw)))
+
+    assert stop == PAGE_FAULT
+    assert stop is not None and stop.signature.endswith(" in acmesensor")
+
+
+def test_a_report_of_an_application_crash_is_no_crash_evidence() -> None:
+    raw = document("bugcheck_0x50_reported.json")
+    (report,) = [e for e in raw["Events"] if e["Provider"] == "Windows Error Reporting"]
+    report["Data"]["3"] = "APPCRASH"
+    report["Message"] = report["Message"].replace("BlueScreen", "APPCRASH")
+
+    found = parse_evidence(json.dumps(raw))
+
+    assert not [line for line in findings(found) if line.startswith("WER report")]
+    stop = bugcheck(found)
+    assert stop is not None and stop.signature == "PAGE_FAULT_IN_NONPAGED_AREA (0x50)"
+
+
+def test_a_bucket_that_names_no_module_leaves_the_title_without_one() -> None:
+    raw = document("bugcheck_0x50_reported.json")
+    (report,) = [e for e in raw["Events"] if e["Provider"] == "Windows Error Reporting"]
+    report["Data"]["1"] = "1750609839416380412"  # not analysed: a bucket number
+
+    stop = bugcheck(parse_evidence(json.dumps(raw)))
+
+    assert stop is not None and stop.signature == "PAGE_FAULT_IN_NONPAGED_AREA (0x50)"
+
+
+def test_a_module_of_another_stop_code_is_not_borrowed() -> None:
+    raw = document("bugcheck_0x50_reported.json")
+    (report,) = [e for e in raw["Events"] if e["Provider"] == "Windows Error Reporting"]
+    report["Data"]["6"] = "d1"  # the report is of another crash: DRIVER_IRQL_NOT_LESS_OR_EQUAL
+
+    stop = bugcheck(parse_evidence(json.dumps(raw)))
+
+    assert stop is not None and stop.signature == "PAGE_FAULT_IN_NONPAGED_AREA (0x50)"
+
+
+@pytest.mark.parametrize(
+    ("bucket", "module"),
+    [
+        ("AV_R_INVALID_csagent!unknown_function", "csagent"),
+        ("0x50_csagent!unknown_function", "csagent"),
+        ("X64_0x1000007e_c0000005_Acme.Sensor!AcmeApplyChannel", "acme.sensor"),
+        ("AV_nt!MiDeleteVirtualAddresses", "nt"),
+        ("0x9F_3_POWER_DOWN_iaStorA_IMAGE_iaStorA.sys", "iastora.sys"),
+        ("1750609839416380412", None),  # a bucket number: nothing analysed
+        ("", None),
+        ("ZEROED_STACK_0x7E", None),  # a class of failure, not a place
+        ("0x50_0x1!func", None),
+    ],
+)
+def test_fault_buckets_name_their_module(bucket: str, module: str | None) -> None:
+    assert bucket_module(bucket) == module

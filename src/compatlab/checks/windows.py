@@ -10,6 +10,8 @@ hard reset, a boot-start driver that failed quietly) and for the details it does
   computer has rebooted from a bugcheck: code and parameters in its text), Service Control
   Manager 7000 (a service failed to start) and 7026 (boot-start or system-start drivers did not
   load);
+- the Application log: Windows Error Reporting 1001 of a ``BlueScreen`` report, whose fault
+  bucket names the faulting module where Windows analysed the crash (``windows_events.py``);
 - the crash dumps: ``%SystemRoot%\\Minidump\\*.dmp`` and ``%SystemRoot%\\MEMORY.DMP``;
 - ``LastBootUpTime`` and the guest's own clock (``now``).
 
@@ -28,17 +30,23 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PureWindowsPath
 from typing import Final
 
-from compatlab.bugcheck import bugcheck_name, format_code
+from compatlab.checks.windows_events import (
+    WER_REPORT,
+    WindowsEvent,
+    event_findings,
+    interpret,
+    stop_code,
+    when,
+)
 from compatlab.errors import GuestError
 from compatlab.guest.channel import Channel
 from compatlab.model import Bugcheck
-from compatlab.signature import windows_signature
 
 __all__ = [
     "CMD_LINE_BUDGET",
@@ -54,13 +62,8 @@ __all__ = [
     "parse_evidence",
 ]
 
-# System log event ids the script asks for, and who writes them. Another provider may use the
-# same id in the System log; only these (id, provider) pairs count as evidence.
-KERNEL_POWER: Final = "Microsoft-Windows-Kernel-Power"
-EVENTLOG: Final = "EventLog"
-# Windows 7 / 2008 R2 show the 1001 source as "BugCheck"; Get-WinEvent names the provider.
-WER_SYSTEM: Final = frozenset({"Microsoft-Windows-WER-SystemErrorReporting", "BugCheck"})
-SCM: Final = "Service Control Manager"
+# System log event ids the script asks for (who writes them: windows_events.py); and from the
+# Application log, Windows Error Reporting's 1001.
 EVENT_IDS: Final = (41, 6008, 1001, 7000, 7026)
 # Enough for a golden image's whole history of these events; Get-WinEvent returns newest first.
 MAX_EVENTS: Final = 256
@@ -95,21 +98,26 @@ if ($sinceText) {
 # A source that cannot be read is reported, not fatal: the other sources still count.
 $problems = New-Object 'System.Collections.Generic.List[string]'
 
-# -- the System log ---------------------------------------------------------------------------
-$filter = @{ LogName = 'System'; Id = %(event_ids)s }
-if ($since) { $filter.StartTime = $since }
+# -- the System log, and WER's reports in the Application log --------------------------------
+$filters = @(
+    @{ LogName = 'System'; Id = %(event_ids)s },
+    @{ LogName = 'Application'; ProviderName = '%(wer_report)s'; Id = 1001 }
+)
 $records = @()
-try {
-    # "No events were found" is an error to Get-WinEvent; here it is the good news.
-    $records = @(Get-WinEvent -FilterHashtable $filter -MaxEvents %(max_events)d `
-        -ErrorAction SilentlyContinue -ErrorVariable readErrors)
-    foreach ($err in $readErrors) {
-        if ($err.FullyQualifiedErrorId -notlike 'NoMatchingEventsFound*') {
-            $problems.Add("System log: $err")
+foreach ($filter in $filters) {
+    if ($since) { $filter.StartTime = $since }
+    try {
+        # "No events were found" is an error to Get-WinEvent; here it is the good news.
+        $records += @(Get-WinEvent -FilterHashtable $filter -MaxEvents %(max_events)d `
+            -ErrorAction SilentlyContinue -ErrorVariable readErrors)
+        foreach ($err in $readErrors) {
+            if ($err.FullyQualifiedErrorId -notlike 'NoMatchingEventsFound*') {
+                $problems.Add("$($filter.LogName) log: $err")
+            }
         }
+    } catch {
+        $problems.Add("$($filter.LogName) log: $_")
     }
-} catch {
-    $problems.Add("System log: $_")
 }
 $events = @(foreach ($record in $records) {
     # The event's own fields, by name (BugcheckCode, param1, ...); classic events such as 6008
@@ -181,38 +189,6 @@ $json = ConvertTo-Json -InputObject $evidence -Depth 4 -Compress
 
 
 @dataclass(frozen=True)
-class WindowsEvent:
-    """One System log event the script returned.
-
-    ``message`` is the first line of the rendered message, ``detail`` the rest joined into one
-    line (7000's reason). ``data`` is the event's own fields by name (unnamed ones by position,
-    from ``"1"``). ``bugcheck`` is set for a Kernel-Power 41 with a non-zero ``BugcheckCode`` and
-    for a WER 1001; ``services`` holds the service (7000: display name) or drivers (7026) that
-    failed to start.
-    """
-
-    id: int
-    provider: str
-    time: datetime
-    message: str
-    detail: str = ""
-    data: Mapping[str, str] = field(default_factory=dict)
-    bugcheck: Bugcheck | None = None
-    services: tuple[str, ...] = ()
-
-    @property
-    def source(self) -> str:
-        """Who wrote it, as people say it: ``Kernel-Power``, ``WER``, ``SCM``, ``EventLog``."""
-        if self.provider == KERNEL_POWER:
-            return "Kernel-Power"
-        if self.provider in WER_SYSTEM:
-            return "WER"
-        if self.provider == SCM:
-            return "SCM"
-        return self.provider
-
-
-@dataclass(frozen=True)
 class DumpFile:
     """A crash dump the guest kept: its full path, size in bytes and last write time (UTC)."""
 
@@ -272,6 +248,7 @@ def evidence_script(since: datetime | None) -> str:
         "since": text,
         "event_ids": ", ".join(str(i) for i in EVENT_IDS),
         "max_events": MAX_EVENTS,
+        "wer_report": WER_REPORT,
     }
     return _compact(script)
 
@@ -371,7 +348,7 @@ def _event(item: object, n: int) -> WindowsEvent:
         detail=" ".join(lines[1:]),
         data=data,
     )
-    return _interpret(event, message)
+    return interpret(event, message)
 
 
 def _dump(item: object, n: int) -> DumpFile:
@@ -432,70 +409,6 @@ def _optional_time(value: object, where: str) -> datetime | None:
     return None if value is None or value == "" else _time(value, where)
 
 
-# -- what the events say ---------------------------------------------------------------------
-
-# WER 1001's param1 and text: "0x00000050 (0xffffd20000000000, 0x0, ...)". The text around it
-# is localised; the code and parameters are not.
-_WER_BUGCHECK = re.compile(
-    r"\b0x(?P<code>[0-9A-Fa-f]{1,16})\s*\((?P<params>\s*0x[0-9A-Fa-f]+(?:\s*,\s*0x[0-9A-Fa-f]+)*)\s*\)"
-)
-_SCM_7000 = re.compile(r"^The (?P<name>.+?) service failed to start\b")
-
-
-def _interpret(event: WindowsEvent, message: str) -> WindowsEvent:
-    """Fill ``bugcheck`` and ``services`` from the fields (not localised) or the message."""
-    if event.id == 41 and event.provider == KERNEL_POWER:
-        return replace(event, bugcheck=_kernel_power_bugcheck(event.data))
-    if event.id == 1001 and event.provider in WER_SYSTEM:
-        found = _WER_BUGCHECK.search(event.data.get("param1", "")) or _WER_BUGCHECK.search(message)
-        if found is None:
-            return event
-        code = int(found["code"], 16)
-        params = [int(p, 16) for p in re.findall(r"0x([0-9A-Fa-f]+)", found["params"])]
-        return replace(event, bugcheck=_windows_bugcheck(code, params))
-    if event.id == 7000 and event.provider == SCM:
-        name = event.data.get("param1", "").strip()
-        if not name and (match := _SCM_7000.match(event.message)):
-            name = match["name"]
-        return replace(event, services=(name,) if name else ())
-    if event.id == 7026 and event.provider == SCM:
-        # param1 is the driver names, one a line after a leading line break; the message says
-        # the same after its first line.
-        listed = event.data.get("param1") or "\n".join(message.splitlines()[1:])
-        return replace(event, services=tuple(n.strip() for n in listed.splitlines() if n.strip()))
-    return event
-
-
-def _kernel_power_bugcheck(data: Mapping[str, str]) -> Bugcheck | None:
-    """BugcheckCode is decimal (80 is 0x50); 0 or missing: no bugcheck was recorded."""
-    code = _number(data.get("BugcheckCode", ""), decimal=True)
-    if not code:
-        return None
-    params = [_number(data.get(f"BugcheckParameter{i}", ""), decimal=False) for i in range(1, 5)]
-    return _windows_bugcheck(code, [p for p in params if p is not None])
-
-
-def _number(text: str, *, decimal: bool) -> int | None:
-    """``"80"`` (decimal) or ``"0xffff..."`` (hex, as the event XML writes HexInt64)."""
-    text = text.strip()
-    try:
-        if text.lower().startswith("0x"):
-            return int(text, 16)
-        return int(text, 10 if decimal else 16) if text else None
-    except ValueError:
-        return None
-
-
-def _windows_bugcheck(code: int, params: Iterable[int]) -> Bugcheck:
-    # Written as bugcheck.py writes the hypervisor's: 0x50 upper-case, parameters lower-case.
-    found = Bugcheck(
-        code=format_code(code), name=bugcheck_name(code), params=tuple(f"0x{p:x}" for p in params)
-    )
-    # Neither 41 nor 1001 names the faulting driver (7026 lists drivers that did not load, not
-    # one that crashed): the signature is the stop code's alone.
-    return replace(found, signature=windows_signature(found))
-
-
 # -- verdict inputs --------------------------------------------------------------------------
 
 
@@ -508,48 +421,19 @@ def findings(evidence: WindowsEvidence, *, baseline: WindowsEvidence | None = No
     """
     lines: list[str] = []
     for event in evidence.events:
-        lines.extend(_event_findings(event))
+        lines.extend(event_findings(event))
     for dump in evidence.dumps:
-        lines.append(f"{dump.kind} {dump.name} ({_size(dump.size)}) written {_when(dump.time)}")
+        lines.append(f"{dump.kind} {dump.name} ({_size(dump.size)}) written {when(dump.time)}")
     if baseline is None:
         return lines
     known = set(findings(baseline))
     return [line for line in lines if line not in known]
 
 
-def _event_findings(event: WindowsEvent) -> list[str]:
-    at = f"{event.source} {event.id} at {_when(event.time)}"
-    if event.id == 41 and event.provider == KERNEL_POWER:
-        if event.bugcheck is not None:
-            return [f"{at}: bugcheck {event.bugcheck.code} {event.bugcheck.name}"]
-        return [f"{at}: unexpected reboot without a bugcheck (power loss, reset or hang)"]
-    if event.id == 6008 and event.provider == EVENTLOG:
-        return [f"{at}: {event.message or 'the previous shutdown was unexpected'}"]
-    if event.id == 1001 and event.provider in WER_SYSTEM:
-        if event.bugcheck is None:
-            return [f"{at}: {event.message or 'rebooted from a bugcheck'}"]
-        params = ", ".join(event.bugcheck.params)
-        return [f"{at}: bugcheck {event.bugcheck.code} {event.bugcheck.name} ({params})"]
-    if event.id == 7000 and event.provider == SCM:
-        reason = f": {event.detail}" if event.detail else ""
-        names = event.services or ("(unnamed)",)
-        return [f"service {name} failed to start (7000){reason}" for name in names]
-    if event.id == 7026 and event.provider == SCM:
-        names = event.services or ("(unnamed)",)
-        return [f"boot-start driver {name} did not load (7026)" for name in names]
-    return []
-
-
 def bugcheck(evidence: WindowsEvidence) -> Bugcheck | None:
-    """The first stop code the guest recorded (WER 1001 or Kernel-Power 41), oldest first."""
-    for event in evidence.events:
-        if event.bugcheck is not None:
-            return event.bugcheck
-    return None
-
-
-def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """The first stop code the guest recorded (Kernel-Power 41 or a 1001), oldest first, titled
+    with the faulting module when a WER BlueScreen report names one."""
+    return stop_code(evidence.events)
 
 
 def _size(size: int) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from compatlab.bugcheck import parse_linux_panic
 from compatlab.checks.windows import WindowsEvidence, crash_evidence, findings
+from compatlab.checks.windows import bugcheck as stop_code
 from compatlab.model import Phase
 
 if TYPE_CHECKING:
@@ -106,14 +107,12 @@ def bugcheck_after_crash(vm: Session, baseline: WindowsEvidence | None) -> None:
         return
     if not vm.watcher.is_up:
         return  # it never came back (a boot loop): nothing to read it with
-    seen = _event_log(vm, baseline)
-    for event in seen.events:
-        if event.bugcheck is not None:
-            found = replace(event.bugcheck, source="eventlog")
-            text = f"{found.code} {found.name}"
-            vm.note("eventlog", "bugcheck", text, **found.as_event_data())
-            vm.drain()
-            return
+    seen = stop_code(_event_log(vm, baseline))
+    if seen is not None:
+        # Titled with the faulting module where a WER BlueScreen report names it.
+        found = replace(seen, source="eventlog")
+        vm.note("eventlog", "bugcheck", f"{found.code} {found.name}", **found.as_event_data())
+        vm.drain()
 
 
 def boot_time(vm: Session, baseline: float) -> list[str]:
