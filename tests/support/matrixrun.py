@@ -81,7 +81,8 @@ def environment() -> dict[str, str]:
 def pytest_command(report: Path, *args: str) -> list[str]:
     """The command line of a run. Cells start from their golden image (``--matrix-cache off``)
     unless ``args`` say otherwise: what a test injects a fault into is the cell's own VM, not
-    a layer's builder; the cached path has tests of its own (test_cached_cells.py)."""
+    a layer's builder; the cached path has tests of its own (unit: test_layer_cells.py; real
+    guests: test_fault_phases.py's cached runs)."""
     cache = () if any(a.startswith("--matrix-cache") for a in args) else ("--matrix-cache", "off")
     return [
         sys.executable,

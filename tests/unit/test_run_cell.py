@@ -422,20 +422,28 @@ def windows_cell(tmp_path: Path) -> Cell:
     return load_matrix(path, catalog_root=root).cells[0]
 
 
+def windows_crash(
+    hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, evidence_file: str
+) -> CellResult:
+    """A Windows cell whose first boot with the candidate crashes without a code (pvpanic);
+    the event log read after the next boot answers with ``evidence_file``."""
+    monkeypatch.setenv("LAB_PASSWORD", "not-used-by-the-scripted-guest")
+    baseline = (WINDOWS_FIXTURES / "clean_boot.json").read_text()
+    crashed = (WINDOWS_FIXTURES / evidence_file).read_text()
+    evidence = [CommandResult(0, baseline, "", 0.1), CommandResult(0, crashed, "", 0.1)]
+    guests = Guests(
+        {"boots": boots("ok", "ok", "crash"), "commands": {"Get-WinEvent": evidence}}, {}
+    )
+    return run(hv, tmp_path, windows_cell(tmp_path), guests)
+
+
 def test_a_windows_crash_without_a_code_gets_it_from_the_event_log_after_the_next_boot(
     hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under TCG there are no Hyper-V crash registers: pvpanic says "crashed", not 0x50. Once
     the guest is back up, Kernel-Power 41 in its event log gives the code, marked as such.
     (A scripted guest answering with a recorded-format fixture: no Windows ran here.)"""
-    monkeypatch.setenv("LAB_PASSWORD", "not-used-by-the-scripted-guest")
-    baseline = (WINDOWS_FIXTURES / "clean_boot.json").read_text()
-    crashed = (WINDOWS_FIXTURES / "bugcheck_0x50.json").read_text()
-    evidence = [CommandResult(0, baseline, "", 0.1), CommandResult(0, crashed, "", 0.1)]
-    guests = Guests(
-        {"boots": boots("ok", "ok", "crash"), "commands": {"Get-WinEvent": evidence}}, {}
-    )
-    result = run(hv, tmp_path, windows_cell(tmp_path), guests)
+    result = windows_crash(hv, tmp_path, monkeypatch, "bugcheck_0x50.json")
     assert result.verdict is Verdict.CRASH, result.reason
     assert result.bugcheck is not None
     assert (result.bugcheck.code, result.bugcheck.source) == ("0x50", "eventlog")
@@ -447,14 +455,7 @@ def test_a_blue_screen_report_puts_the_faulting_module_in_the_cells_crash_title(
 ) -> None:
     """The same crash, and Windows Error Reporting analysed it: its fault bucket names the
     module, which the cell's crash signature carries. (Scripted guest, hand-written evidence.)"""
-    monkeypatch.setenv("LAB_PASSWORD", "not-used-by-the-scripted-guest")
-    baseline = (WINDOWS_FIXTURES / "clean_boot.json").read_text()
-    crashed = (WINDOWS_FIXTURES / "bugcheck_0x50_reported.json").read_text()
-    evidence = [CommandResult(0, baseline, "", 0.1), CommandResult(0, crashed, "", 0.1)]
-    guests = Guests(
-        {"boots": boots("ok", "ok", "crash"), "commands": {"Get-WinEvent": evidence}}, {}
-    )
-    result = run(hv, tmp_path, windows_cell(tmp_path), guests)
+    result = windows_crash(hv, tmp_path, monkeypatch, "bugcheck_0x50_reported.json")
     assert result.verdict is Verdict.CRASH, result.reason
     assert result.bugcheck is not None
     assert result.bugcheck.signature == "PAGE_FAULT_IN_NONPAGED_AREA (0x50) in acmesensor"
