@@ -268,10 +268,12 @@ class CellItem(pytest.Item):
             pytest.skip(f"finished in the resumed run: {done}")
         queue = session.queue()
         # Every selected cell goes to the engine at the first item; this one waits for its own.
-        cells = [c for c in session.cells if c is not None]
+        # An xdist worker collects every item but runs only those xdist hands it, one at a
+        # time: it submits its own item's cell, or every cell would run once per worker.
+        cells = [self.cell] if session.in_xdist_worker else list(session.cells)
         queue.submit(cells)
         progress = session.lab_run().progress
-        progress.plan(len(cells))
+        progress.plan(len(session.cells))
         try:
             result = queue.wait(self.cell, tick=progress.render)
         finally:
@@ -320,6 +322,7 @@ class _Session:
         self.matrices = matrices
         workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
         self.worker = workerinput["workerid"] if workerinput else "main"
+        self.in_xdist_worker = workerinput is not None
         report_option = config.getoption("matrix_report")
         resume = bool(config.getoption("matrix_resume"))
         self.resume = resume

@@ -10,7 +10,9 @@ slot, and pytest's reporting -- one item per cell in item order, junit, ``--lf``
 summary -- is unchanged.
 
 Under pytest-xdist each xdist worker has a queue of its own, with the capacity divided by the
-number of workers: together they never overcommit the host (``-n`` is no longer needed).
+number of workers: together they never overcommit the host (``-n`` is no longer needed). A
+worker collects every item but runs only those xdist hands it, so it submits only the cell of
+the item it runs (``CellItem.runtest``): every cell runs once, whatever the number of workers.
 """
 
 from __future__ import annotations
