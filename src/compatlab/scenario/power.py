@@ -10,6 +10,7 @@ nobody could ask for.
 from __future__ import annotations
 
 import time
+from typing import NoReturn
 
 from compatlab.errors import GuestError
 from compatlab.scenario.session import GuestFailed, GuestRestarted, Session
@@ -26,10 +27,7 @@ def reboot(vm: Session) -> None:
     """
     vm.probe.disarm()
     vm.serial_offset = vm.evidence.serial_size()
-    timeout = vm.cell.scenario.boot_timeout
-    must_answer(vm, timeout)
-    vm.note("scenario", "reboot_requested", vm.channel.name)
-    end = time.monotonic() + timeout
+    timeout, end = _asking(vm, "reboot_requested")
     try:
         vm.call("reboot", vm.channel.reboot)
     except GuestRestarted:
@@ -41,10 +39,7 @@ def reboot(vm: Session) -> None:
             raise
     vm.pump(lambda: not vm.watcher.is_up or time.monotonic() >= end)
     if vm.watcher.is_up:
-        hang = f"no reset within {timeout:g} s of a reboot request"
-        vm.current.add(hang=hang)
-        vm.evidence.screenshot(f"{vm.current.phase.value}-shutdown-hang")
-        raise GuestFailed(hang)
+        _hung(vm, f"no reset within {timeout:g} s of a reboot request")
     vm.probe.arm()
 
 
@@ -53,10 +48,7 @@ def shutdown(vm: Session) -> None:
     builder's last step). A crash meanwhile fails the running phase, as anywhere; a guest
     that does not go down is recorded as a hang in its shutdown, as in :meth:`reboot`."""
     vm.probe.disarm()
-    timeout = vm.cell.scenario.boot_timeout
-    must_answer(vm, timeout)
-    vm.note("scenario", "shutdown_requested", vm.channel.name)
-    end = time.monotonic() + timeout
+    timeout, end = _asking(vm, "shutdown_requested")
     try:
         vm.call("shutdown", vm.channel.shutdown)
     except (GuestRestarted, GuestError):
@@ -64,10 +56,23 @@ def shutdown(vm: Session) -> None:
             raise
     vm.pump(lambda: not vm.machine.state().is_active or time.monotonic() >= end)
     if vm.machine.state().is_active:
-        hang = f"still running {timeout:g} s after a shutdown request"
-        vm.current.add(hang=hang)
-        vm.evidence.screenshot(f"{vm.current.phase.value}-shutdown-hang")
-        raise GuestFailed(hang)
+        _hung(vm, f"still running {timeout:g} s after a shutdown request")
+
+
+def _asking(vm: Session, kind: str) -> tuple[float, float]:
+    """Before a request to go down: the channel must answer (:func:`must_answer`); the request
+    goes on the timeline. The boot timeout, and when it runs out."""
+    timeout = vm.cell.scenario.boot_timeout
+    must_answer(vm, timeout)
+    vm.note("scenario", kind, vm.channel.name)
+    return timeout, time.monotonic() + timeout
+
+
+def _hung(vm: Session, hang: str) -> NoReturn:
+    """The guest did not go down: a hang in its shutdown, in the running phase."""
+    vm.current.add(hang=hang)
+    vm.evidence.screenshot(f"{vm.current.phase.value}-shutdown-hang")
+    raise GuestFailed(hang)
 
 
 def must_answer(vm: Session, window: float) -> None:
