@@ -150,6 +150,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args = matrix_args
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Before pytest renders an interrupt: drop what it cannot render (signals.renderable)."""
+    from compatlab.signals import renderable
+
+    renderable(excinfo)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     sigterm = config.stash.get(_SIGTERM, None)
     if sigterm is not None:

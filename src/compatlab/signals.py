@@ -16,6 +16,12 @@ handler that was in place: Ctrl-C becomes ``KeyboardInterrupt``, a SIGTERM ``Ter
 with no handler of ours, the default action: the process ends, cleanup done).
 
 Signal handlers belong to the main thread: elsewhere nothing is installed or held back.
+
+A signal's exception is raised wherever the main thread is, and on Python 3.11 that can be an
+instruction without a line number (its traceback entry's ``tb_lineno`` is None). pytest cannot
+render such an entry: its report of the interrupt fails with a ``TypeError`` and the run exits
+1, not 2 (pytest-dev/pytest-xdist#1196 shows the same). :func:`renderable` drops those entries
+before pytest renders the interrupt (the plugin's ``pytest_keyboard_interrupt``).
 """
 
 from __future__ import annotations
@@ -25,9 +31,18 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["STOP_SIGNALS", "SigtermInterrupts", "Terminated", "stop_signals_deferred"]
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = [
+    "STOP_SIGNALS",
+    "SigtermInterrupts",
+    "Terminated",
+    "renderable",
+    "stop_signals_deferred",
+]
 
 #: The signals that ask a runner to stop and clean up after itself.
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
@@ -120,3 +135,17 @@ def _deliver(signum: int, handler: _Handler) -> None:
         signal.raise_signal(signum)  # the default action, now that the cleanup is done
     elif callable(handler):
         handler(signum, None)
+
+
+def renderable(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Leave out of ``excinfo``'s traceback the entries that point at no line (see the module
+    doc), so that pytest can render the interrupt and the run exits as interrupted."""
+
+    def has_a_line(entry: Any) -> bool:
+        try:
+            entry.lineno  # noqa: B018 -- the property pytest's rendering fails in
+        except TypeError:
+            return False
+        return True
+
+    excinfo.traceback = excinfo.traceback.filter(has_a_line)
