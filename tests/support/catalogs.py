@@ -98,3 +98,22 @@ candidate:
 def matrix(root: Path, body: str, name: str = "m.yaml") -> Path:
     """A matrix file with the standard candidate and the given body (axes etc.)."""
     return write(root / "matrix" / name, CANDIDATE + textwrap.dedent(body))
+
+
+def stand_in_project(root: Path, scenario: str, stand_ins: str, capacity: str) -> Path:
+    """A project whose four cells (lin-a, lin-b x none, av on bios-1cpu) run on libvirt's
+    ``test:///default`` driver with the scripted guests of ``stand_ins`` (a plugin module,
+    loaded with ``-p stand_ins``), under ``lab.yaml`` with ``capacity`` (YAML)."""
+    root = make_project(root, hardware=("bios-1cpu",))
+    for name in ("av", "candidate"):
+        write(root / "payloads" / name / "install.sh", "exit 0\n")
+        write(root / "payloads" / name / "i.sh", "exit 0\n")
+    matrix(root, "axes: {build: [lin-a, lin-b], hardware: [bios-1cpu], products: [[], [av]]}\n")
+    (root / "matrix" / "m.yaml").write_text((root / "matrix" / "m.yaml").read_text() + scenario)
+    write(
+        root / "lab.yaml",
+        f"hosts: [{{uri: 'test:///default'}}]\nstorage: {root / 'storage'}\nattempts: 1\n"
+        f"capacity: {capacity}\n",
+    )
+    write(root / "stand_ins.py", stand_ins)
+    return root

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.catalogs import make_project, matrix, write
+from tests.support.catalogs import stand_in_project
 from tests.unit.test_runner_sigterm import STAND_INS
 
 pytest_plugins = ["pytester"]
@@ -39,18 +39,8 @@ COUNTING = STAND_INS.replace(
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     assert COUNTING != STAND_INS
-    root = make_project(pytester.path, hardware=("bios-1cpu",))
-    for name in ("av", "candidate"):
-        write(root / "payloads" / name / "install.sh", "exit 0\n")
-        write(root / "payloads" / name / "i.sh", "exit 0\n")
-    matrix(root, "axes: {build: [lin-a, lin-b], hardware: [bios-1cpu], products: [[], [av]]}\n")
-    (root / "matrix" / "m.yaml").write_text((root / "matrix" / "m.yaml").read_text() + SCENARIO)
-    write(
-        root / "lab.yaml",
-        f"hosts: [{{uri: 'test:///default'}}]\nstorage: {root / 'storage'}\nattempts: 1\n"
-        "capacity: {vcpus: 4, memory: 8192}\n",
-    )
-    write(root / "stand_ins.py", COUNTING.replace('["hang"]', "[]"))
+    stand_ins = COUNTING.replace('["hang"]', "[]")
+    root = stand_in_project(pytester.path, SCENARIO, stand_ins, "{vcpus: 4, memory: 8192}")
     for name in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(root)]))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyte
 import pytest
 
-from tests.support.catalogs import make_project, matrix, write
+from tests.support.catalogs import stand_in_project
 from tests.unit.test_runner_sigterm import STAND_INS
 
 pytest_plugins = ["pytester"]
@@ -45,20 +45,9 @@ ITEMS = [
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_project(pytester.path, hardware=("bios-1cpu",))
-    for name in ("av", "candidate"):
-        write(root / "payloads" / name / "install.sh", "exit 0\n")
-        write(root / "payloads" / name / "i.sh", "exit 0\n")
-    matrix(root, "axes: {build: [lin-a, lin-b], hardware: [bios-1cpu], products: [[], [av]]}\n")
-    (root / "matrix" / "m.yaml").write_text((root / "matrix" / "m.yaml").read_text() + SCENARIO)
-    write(
-        root / "lab.yaml",
-        f"hosts: [{{uri: 'test:///default'}}]\nstorage: {root / 'storage'}\nattempts: 1\n"
-        "capacity: {vcpus: 2, memory: 4096}\n",
-    )
     crash = STAND_INS.replace('["hang"] if cell.product_names', '["crash"] if cell.product_names')
     assert crash != STAND_INS
-    write(root / "stand_ins.py", crash)
+    root = stand_in_project(pytester.path, SCENARIO, crash, "{vcpus: 2, memory: 4096}")
     # A developer's terminal: not a CI run (CI=true would keep the display quiet on its own).
     # Nor an xdist worker's child: under `make test` (-n 2) the run would inherit the worker's
     # PYTEST_XDIST_WORKER_COUNT and take half the capacity, one cell at a time.
