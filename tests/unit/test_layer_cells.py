@@ -22,6 +22,8 @@ from compatlab.cache import LayerStore
 from compatlab.lab.connection import Hypervisor
 from compatlab.matrix import Cell
 from compatlab.model import CellResult
+from compatlab.signoff.decide import boot_ratio, judge
+from compatlab.signoff.policy import Place, Requirement, Ring
 from tests.unit.test_run_cell import (  # noqa: F401  (hv: a fixture)
     EXIT_1,
     INSTALL,
@@ -93,6 +95,32 @@ def test_a_layer_is_built_once_and_later_cells_skip_products_and_the_baseline_re
     notes = [e.detail for e in later.events if e.kind == "cached_layer"]
     assert any(n.startswith("from cached layer ") for n in notes), notes
     assert first.attempts == later.attempts == 1  # a builder is part of its attempt
+
+
+def test_the_first_boot_from_a_layer_is_the_cells_baseline_boot(
+    hv: Hypervisor,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The sign-off's boot-time check and the report's guest cost compare the candidate's boots
+    with the boot of phase "baseline". From a layer that boot is the VM's first: recorded as
+    the provision's, every passing cell of a cached run was "not tested" for boot time, and
+    make demo's sign-off closed every ring."""
+    store = LayerStore(tmp_path / "cache-root")
+    result = run(hv, tmp_path / "one", cell(tmp_path, "[[av]]"), Guests(), layers=store)
+    assert result.verdict.value == "pass", result.reason
+    assert [b.phase for b in result.boots] == ["baseline", "boots", "boots", "rollback"]
+    assert boot_ratio(result) is not None
+    here = Place(tmp_path / "rollout.yaml", 1, 1)
+    broad = Ring(
+        name="broad",
+        description="",
+        require=Requirement(cells=None, fleet_share=None, place=here),
+        block=frozenset(),
+        boot_regression=1000.0,
+        repeats=1,
+        place=here,
+    )
+    assert judge(result, broad).status == "pass", judge(result, broad).why
 
 
 def test_a_candidate_crash_from_a_cached_start_reads_as_from_a_fresh_one(

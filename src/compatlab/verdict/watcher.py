@@ -152,6 +152,11 @@ class BootWatcher:
     def boots(self) -> tuple[Boot, ...]:
         return tuple(self._boots)
 
+    def count_boot_in(self, n: int, phase: str) -> None:
+        """Boot ``n`` belongs to ``phase``, not to the one it ended in: a VM started from a
+        cached layer boots first in its provision, and that boot is its baseline boot."""
+        self._boots = [replace(b, phase=phase) if b.n == n else b for b in self._boots]
+
     @property
     def findings(self) -> tuple[Finding, ...]:
         return tuple(self._findings)
