@@ -127,6 +127,12 @@ def test_filter_follow_a_cell_and_sign_off(
     text = browser.find_element(By.TAG_NAME, "body").text
     assert "internal" in text and "broad" in text, text[:500]
     _shot(browser, screenshots, "signoff")
+    # A blocking cell's link opens its evidence page in the report beside the sign-off.
+    blocking = browser.find_elements(By.CSS_SELECTOR, "td a[href]")
+    assert blocking, "no cell link on signoff.html"
+    blocking[0].click()
+    WebDriverWait(browser, 10).until(lambda b: "/cells/" in b.current_url)
+    _settled(browser, "a cell's page, from signoff.html")
 
 
 def test_every_evidence_page_opens_cleanly(
