@@ -164,7 +164,6 @@ _FAULT_BUCKET = re.compile(r"^Fault bucket (?P<bucket>\S*), type\b", re.MULTILIN
 _EVENT_NAME = re.compile(r"^Event Name: (?P<name>\S+)", re.MULTILINE)
 _P = re.compile(r"^P(?P<n>[1-5]): (?P<value>\S*)", re.MULTILINE)
 _IMAGE = re.compile(r"_IMAGE_(?P<file>[\w.-]+)$")
-_BUCKET_FRAME = re.compile(r"(?:^|_)(?P<module>[A-Za-z][\w.-]*?)!")
 
 
 def bucket_module(bucket: str) -> str | None:
@@ -238,14 +237,11 @@ def stop_code(events: Iterable[WindowsEvent]) -> Bugcheck | None:
     found = next((e.bugcheck for e in events if e.bugcheck is not None), None)
     if found is None:
         return None
-    modules = [
-        e.module
-        for e in events
-        if e.module and e.bugcheck is not None and e.bugcheck.code == found.code
-    ]
-    if not modules:
-        return found
-    return replace(found, signature=windows_signature(found, modules[0]))
+    module = next(
+        (e.module for e in events if e.module and e.bugcheck and e.bugcheck.code == found.code),
+        None,
+    )
+    return replace(found, signature=windows_signature(found, module)) if module else found
 
 
 def when(moment: datetime) -> str:

@@ -50,7 +50,14 @@ from compatlab.report.index import (
 )
 from compatlab.report.junit import write_junit
 from compatlab.report.markup import VALUE_LIMIT, environment, policy, script
-from compatlab.report.pages import SLUG_LENGTH, PageNames, cell_slug, qualified, write_pages
+from compatlab.report.pages import (
+    SLUG_LENGTH,
+    PageNames,
+    cell_slug,
+    page_href,
+    qualified,
+    write_pages,
+)
 from compatlab.report.results import RunInfo, load_results, write_text_atomic
 from compatlab.report.summary import Summary, duration, natural, summarize, when
 from compatlab.report.tables import FAILING_COLUMNS, chips_html, failing_rows_html, rate_html
@@ -138,7 +145,7 @@ def render_html(
         if written.get(name) is not cell
     ]
     write_pages(run_dir, run, jobs, processes=processes)
-    hrefs = {id(cell): f"cells/{name}.html" for cell, name in zip(cells, slugs, strict=True)}
+    hrefs = {id(cell): page_href(name) for cell, name in zip(cells, slugs, strict=True)}
     started = time.perf_counter()
     index = write_index(run_dir, run, cells, planned, past, hrefs, made)
     log.debug("compatlab: index.html in %.3f s", time.perf_counter() - started)

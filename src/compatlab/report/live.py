@@ -29,7 +29,7 @@ from compatlab.report.html import render_html
 from compatlab.report.index import Chip, PlannedCell, Row, chip, failing_row
 from compatlab.report.junit import testcase_xml, write_junit
 from compatlab.report.markup import environment
-from compatlab.report.pages import PageNames, page_html, page_path, qualified, write_page
+from compatlab.report.pages import PageNames, page_href, page_html, page_path, qualified, write_page
 from compatlab.report.results import RunInfo
 from compatlab.report.tables import chip_html, row_html
 
@@ -99,7 +99,7 @@ class LiveReport:
         self, cell: CellResult, name: str, history: CellHistory | None
     ) -> tuple[Chip, Row | None]:
         """The cell's chip and (failing) row in the index, as write_index would make them."""
-        href = f"cells/{name}.html"
+        href = page_href(name)
         change = history.change.value if history else ""
         made = chip(cell, href, change)
         made.html = chip_html(made)

@@ -39,6 +39,7 @@ __all__ = [
     "SLUG_LENGTH",
     "PageNames",
     "cell_slug",
+    "page_href",
     "page_html",
     "page_path",
     "qualified",
@@ -119,6 +120,11 @@ class PageNames:
 
 def page_path(run_dir: Path, name: str) -> Path:
     return run_dir / "cells" / f"{name}.html"
+
+
+def page_href(name: str) -> str:
+    """The link to a cell's page from a file in the run folder (index.html, signoff.html)."""
+    return f"cells/{name}.html"
 
 
 def page_html(

@@ -26,7 +26,7 @@ from markupsafe import Markup
 
 from compatlab.model import CellResult
 from compatlab.report import RunInfo, write_text_atomic
-from compatlab.report.pages import PageNames, qualified
+from compatlab.report.pages import PageNames, page_href, qualified
 from compatlab.signoff.decide import CellCheck, RingDecision, SignOff
 from compatlab.text import cap_text, printable
 
@@ -85,12 +85,13 @@ class _Pages:
     gave its pages (two cells whose ids differ only in unsafe characters get two pages)."""
 
     def __init__(self, run: RunInfo, cells: Sequence[CellResult]) -> None:
-        self._names = PageNames(qualified(run, cells))
+        self.qualify = qualified(run, cells)
+        self._names = PageNames(self.qualify)
         self._given = {id(c): n for c, n in zip(cells, self._names.names(cells), strict=True)}
 
     def href(self, cell: CellResult) -> str:
         name = self._given.get(id(cell)) or self._names.name(cell)
-        return f"cells/{quote(name)}.html"
+        return page_href(quote(name))
 
 
 def _cell_json(check: CellCheck, pages: _Pages) -> dict[str, object]:
@@ -255,7 +256,7 @@ def render_html(
                 }
                 for d in signoff.rings
             ],
-            qualify=qualified(run, cells),
+            qualify=pages.qualify,
             written=written.strftime("%Y-%m-%d %H:%M:%S %Z").strip(),
             version=_version(),
         )
