@@ -67,7 +67,7 @@ demo: images
 # The tier without VMs runs on two xdist workers (it is CPU-bound and half the time); the real-VM
 # tier runs alone, since its guests share the same cores and a starved boot is not a result.
 test: images lint
-	@COMPATLAB_REQUIRE_LAB=1 $(PYTEST) tests -m "not slow" -n 2
+	@COMPATLAB_REQUIRE_LAB=1 $(PYTEST) tests -m "not slow" -n 2 --timeout 600
 	@COMPATLAB_REQUIRE_LAB=1 $(PYTEST) tests -m slow
 
 test-fast: venv

@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -60,12 +61,16 @@ def time_limit(seconds: float) -> Iterator[None]:
         raise TimeoutError(f"still running after {seconds} s: a hang")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # pytest-timeout's own alarm for the whole test, if set: put back what is left of it.
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    began = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - began), 0.001))
 
 
 def only_input_errors(load: Callable[[], T]) -> T | None:
