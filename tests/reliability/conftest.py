@@ -10,6 +10,10 @@ Two things live here:
   Each test module's tests wait only for their own scenario. Every scenario has its own private
   lab (libvirtd + virtlogd in their own namespaces, its own storage root), so what one fault
   does, or leaves, is never another's, and nothing on the system daemon is touched.
+  It starts when the session's tests start, not when its first test runs: while the other
+  real-VM tests (tests/lab, on the system daemon) run, it uses half the budget, so that the
+  machine never has more guests than the campaign alone would give it; from its first test on,
+  the whole budget. ``make test``'s real-VM tier is ~12 min shorter for it.
 * :class:`ReliabilityLedger` -- a plugin that counts, over the whole session: faults injected
   (tests marked ``fault``) and how many ended with the right verdict (passed; an ``xfail`` is a
   known bug, counted as wrong), what the scenarios left behind (domains, disks, folders, QEMU
@@ -31,7 +35,6 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,7 @@ HOSTILE_INPUT_FILES = (
 
 _NEEDED = pytest.StashKey[list[str]]()
 _LEDGER = pytest.StashKey["ReliabilityLedger"]()
+_CAMPAIGN = pytest.StashKey["Campaign | BaseException"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,7 +94,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class Campaign:
     """Runs scenarios in background threads within a guest budget; :meth:`get` waits for one."""
 
-    def __init__(self, names: list[str], root: Path) -> None:
+    def __init__(self, names: list[str], root: Path, budget: int = GUEST_BUDGET) -> None:
         unknown = [n for n in names if n not in SCENARIOS]
         if unknown:
             raise pytest.UsageError(f"unknown fault scenarios: {unknown}")
@@ -98,7 +102,8 @@ class Campaign:
         self.pending = sorted((SCENARIOS[n] for n in names), key=lambda s: (s.order, s.name))
         self.done: dict[str, Outcome | BaseException] = {}
         self.started: dict[str, float] = {}
-        self.free = GUEST_BUDGET
+        self.budget = budget
+        self.free = budget
         self.cancelled = False
         self.lock = threading.Condition()
         self.began = time.monotonic()
@@ -107,8 +112,8 @@ class Campaign:
 
     def _schedule(self) -> None:
         for item in self.pending:
-            need = min(item.guests, GUEST_BUDGET)
             with self.lock:
+                need = min(item.guests, self.budget)
                 self.lock.wait_for(lambda: self.free >= need or self.cancelled)  # noqa: B023
                 if self.cancelled:
                     self.done[item.name] = pytest.skip.Exception("the campaign was cancelled")
@@ -135,6 +140,15 @@ class Campaign:
             self.free += need
             self.lock.notify_all()
 
+    def widen(self, budget: int) -> None:
+        """From now on, up to ``budget`` guests at once (the tests it shared the machine with
+        are done)."""
+        with self.lock:
+            if budget > self.budget:
+                self.free += budget - self.budget
+                self.budget = budget
+                self.lock.notify_all()
+
     def get(self, name: str) -> Outcome:
         with self.lock:
             self.lock.wait_for(lambda: name in self.done)
@@ -155,27 +169,63 @@ class Campaign:
             self.lock.wait_for(lambda: len(self.done) == len(self.pending))
 
 
-@pytest.fixture(scope="session")
-def campaign(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Campaign]:
-    """The selected tests' fault scenarios, started together on first use."""
+def _start(config: pytest.Config, budget: int) -> Campaign | BaseException:
+    """The campaign of the selected tests' scenarios, or why it cannot run (a skip or a
+    failure from require_fault_lab, raised by the first test that reads it)."""
     from tests.support.faultrun import require_fault_lab
 
-    require_fault_lab()
-    names = request.config.stash.get(_NEEDED, [])
-    running = Campaign(names, tmp_path_factory.mktemp("faults"))
     try:
-        yield running
-    finally:
-        # Every test has run (or the session was interrupted, or stopped at a failure):
-        # scenarios not started by now are read by no one.
-        running.cancel()
-        running.join()
-        ledger = request.config.stash.get(_LEDGER, None)
-        if ledger is not None:
-            ledger.scenarios = {n: o for n, o in running.done.items() if isinstance(o, Outcome)}
-            ledger.campaign_seconds = round(time.monotonic() - running.began, 1)
+        require_fault_lab()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pytest's skip and fail outcomes are BaseExceptions
+        return exc
+    root = config._tmp_path_factory.mktemp("faults")  # type: ignore[attr-defined]
+    return Campaign(config.stash.get(_NEEDED, []), root, budget)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the campaign with the session's first test (see the module's docstring). Not in
+    an xdist worker, which would start one per worker: there the first test that reads it
+    starts it, with the whole budget."""
+    config = session.config
+    if not config.stash.get(_NEEDED, []) or config.option.collectonly:
+        return
+    if hasattr(config, "workerinput"):
+        return
+    here = Path(__file__).parent
+    sharing = any(
+        item.get_closest_marker("slow") and here not in item.path.parents for item in session.items
+    )
+    config.stash[_CAMPAIGN] = _start(config, max(GUEST_BUDGET // 2, 1) if sharing else GUEST_BUDGET)
+
+
+@pytest.fixture(scope="session")
+def campaign(request: pytest.FixtureRequest) -> Campaign:
+    """The selected tests' fault scenarios: from here on with the whole guest budget."""
+    config = request.config
+    if _CAMPAIGN not in config.stash:
+        config.stash[_CAMPAIGN] = _start(config, GUEST_BUDGET)
+    running = config.stash[_CAMPAIGN]
+    if isinstance(running, BaseException):
+        raise running
+    running.widen(GUEST_BUDGET)
+    return running
+
+
+def _finish(config: pytest.Config) -> None:
+    """Every test has run (or the session was interrupted, or stopped at a failure): scenarios
+    not started by now are read by no one; the running ones finish and are counted."""
+    running = config.stash.get(_CAMPAIGN, None)
+    if not isinstance(running, Campaign):
+        return
+    running.cancel()
+    running.join()
+    ledger = config.stash.get(_LEDGER, None)
+    if ledger is not None:
+        ledger.scenarios = {n: o for n, o in running.done.items() if isinstance(o, Outcome)}
+        ledger.campaign_seconds = round(time.monotonic() - running.began, 1)
 
 
 # -- the counts -------------------------------------------------------------------------------
@@ -263,6 +313,7 @@ class ReliabilityLedger:
         }
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        _finish(self.config)
         if hasattr(self.config, "workerinput") or not (self.faults or self.hostile):
             return
         folder = self.config.rootpath / "reports"
