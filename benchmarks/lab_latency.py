@@ -33,7 +33,7 @@ import libvirt
 
 from compatlab.lab.connection import Hypervisor
 from compatlab.lab.machine import Machine
-from compatlab.lab.reaper import CellMetadata, Controller, render_cell_metadata
+from compatlab.lab.owner import CellMetadata, Controller, render_cell_metadata
 from compatlab.model import Event
 
 RESULTS = Path(__file__).parent / "results" / "lab_latency.json"

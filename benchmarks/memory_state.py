@@ -68,7 +68,7 @@ from compatlab.catalog import GoldenImage, HardwareProfile, parse_hardware, pars
 from compatlab.lab.domain import DomainSpec, render_domain_xml
 from compatlab.lab.events import _lifecycle_words
 from compatlab.lab.machine import undefine_domain
-from compatlab.lab.reaper import CellMetadata, Controller
+from compatlab.lab.owner import CellMetadata, Controller
 
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "memory_state.json"

@@ -39,7 +39,7 @@ import libvirt
 
 from compatlab.catalog import GoldenImage, HardwareProfile, Watchdog
 from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml, validate_domain_xml
-from compatlab.lab.reaper import CellMetadata, Controller
+from compatlab.lab.owner import CellMetadata, Controller
 from compatlab.lab.storage import CellStorage
 
 ROOT = Path(__file__).resolve().parents[1]

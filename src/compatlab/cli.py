@@ -25,7 +25,7 @@ from compatlab.errors import CompatlabError, InputError, LabError
 if TYPE_CHECKING:
     from compatlab.catalog import GoldenImage, HardwareProfile
     from compatlab.lab.domain import Accel, CrashPolicy
-    from compatlab.lab.reaper import Controller
+    from compatlab.lab.owner import Controller
 
 __all__ = ["PREVIEW_RUN_ID", "build_parser", "main", "render_for_cell"]
 
@@ -61,7 +61,7 @@ def render_for_cell(
     Raises :class:`~compatlab.lab.domain.ProfileNotSupported` for profiles this lab cannot run.
     """
     from compatlab.lab.domain import render_cell_domain
-    from compatlab.lab.reaper import Controller
+    from compatlab.lab.owner import Controller
     from compatlab.lab.storage import DEFAULT_ROOT, CellStorage
 
     storage = CellStorage(run_id, cell_id, root=storage_root or DEFAULT_ROOT)

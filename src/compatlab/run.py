@@ -27,7 +27,8 @@ from compatlab.capacity import Capacity
 from compatlab.errors import InputError, LabError, MatrixError
 from compatlab.guest.channel import Channel
 from compatlab.lab.connection import DEFAULT_URI, Hypervisor
-from compatlab.lab.reaper import OWNER_FILE, Controller, reap, run_folder, write_run_owner
+from compatlab.lab.owner import OWNER_FILE, Controller, run_folder, write_run_owner
+from compatlab.lab.reaper import reap
 from compatlab.lab.storage import DEFAULT_ROOT
 from compatlab.matrix import Cell, Matrix
 from compatlab.model import CellResult

@@ -28,7 +28,7 @@ from compatlab.guest.media import build_iso
 from compatlab.lab.console import SerialConsole
 from compatlab.lab.domain import DomainSpec, domain_name, render_domain_xml, validate_domain_xml
 from compatlab.lab.events import DomainWatch
-from compatlab.lab.reaper import CellMetadata, Controller
+from compatlab.lab.owner import CellMetadata, Controller
 from compatlab.lab.storage import CellStorage
 from tests.support.lab import require_lab
 

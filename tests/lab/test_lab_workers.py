@@ -119,7 +119,7 @@ def _worker_of(cell: dict[str, Any]) -> str:
 def _domains_of(pid: int) -> list[str]:
     import libvirt
 
-    from compatlab.lab.reaper import NS_URI, parse_cell_metadata
+    from compatlab.lab.owner import NS_URI, parse_cell_metadata
 
     conn = libvirt.open(SYSTEM_URI)
     try:

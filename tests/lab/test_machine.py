@@ -32,14 +32,14 @@ from compatlab.bugcheck import parse_linux_panic
 from compatlab.errors import HypervisorError
 from compatlab.lab.connection import Hypervisor, ReconnectPolicy
 from compatlab.lab.machine import Machine
-from compatlab.lab.reaper import (
+from compatlab.lab.owner import (
     CellMetadata,
     Controller,
-    reap,
     render_cell_metadata,
     run_folder,
     write_run_owner,
 )
+from compatlab.lab.reaper import reap
 from tests.support.lab import require_lab
 from tests.support.libvirtd import PrivateLibvirtd
 
@@ -383,7 +383,7 @@ RUNNER = textwrap.dedent(
     from pathlib import Path
     from compatlab.lab.connection import Hypervisor
     from compatlab.lab.machine import Machine
-    from compatlab.lab.reaper import CellMetadata, Controller, render_cell_metadata, write_run_owner
+    from compatlab.lab.owner import CellMetadata, Controller, render_cell_metadata, write_run_owner
 
     uri, template, run_dir, cell_dir = sys.argv[1:5]
     me = Controller.current()

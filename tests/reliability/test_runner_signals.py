@@ -291,7 +291,7 @@ def _plant_orphan(lab: PrivateLab) -> None:
     controller that is gone (a pid that exited, a start time no process has)."""
     import libvirt
 
-    from compatlab.lab.reaper import CellMetadata, Controller, render_cell_metadata, write_run_owner
+    from compatlab.lab.owner import CellMetadata, Controller, render_cell_metadata, write_run_owner
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -327,7 +327,7 @@ class _DomainLog:
     def _loop(self) -> None:
         import libvirt
 
-        from compatlab.lab.reaper import read_cell_metadata
+        from compatlab.lab.owner import read_cell_metadata
 
         conn = libvirt.open(self.lab.uri)
         try:

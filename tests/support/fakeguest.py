@@ -219,7 +219,7 @@ class ScriptedGuest:
 def scripted_lab(hypervisor: Hypervisor, folder: Path, channels: Any, **overrides: Any) -> Any:
     """A :class:`~compatlab.scenario.LabContext` on the test driver whose guests are scripted:
     storage and report under ``folder``, no wait between attempts, ``overrides`` on top."""
-    from compatlab.lab.reaper import Controller
+    from compatlab.lab.owner import Controller
     from compatlab.scenario import LabContext
 
     root = Path(__file__).resolve().parents[2]

@@ -126,7 +126,7 @@ def leftover_domains(uri: str, run_id: str) -> list[str]:
     """Domains on ``uri`` whose compatlab metadata names this run (any worker's storage id)."""
     import libvirt
 
-    from compatlab.lab.reaper import read_cell_metadata
+    from compatlab.lab.owner import read_cell_metadata
 
     conn = libvirt.open(uri)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from compatlab.catalog import ProfileNotSupported, check_supported, load_catalog
 from compatlab.lab.domain import Forward, render_cell_domain
-from compatlab.lab.reaper import Controller, parse_cell_metadata
+from compatlab.lab.owner import Controller, parse_cell_metadata
 from compatlab.lab.storage import CellStorage
 
 ROOT = Path(__file__).resolve().parents[2]

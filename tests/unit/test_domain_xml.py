@@ -26,7 +26,7 @@ from compatlab.lab.domain import (
     render_domain_xml,
     validate_domain_xml,
 )
-from compatlab.lab.reaper import NS_PREFIX, NS_URI, CellMetadata, Controller, parse_cell_metadata
+from compatlab.lab.owner import NS_PREFIX, NS_URI, CellMetadata, Controller, parse_cell_metadata
 from tests.support.lab import require_lab
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "configs" / "templates"

@@ -21,20 +21,19 @@ from compatlab.errors import HypervisorError, StorageError
 from compatlab.lab.connection import Hypervisor, ReconnectPolicy, ensure_event_loop
 from compatlab.lab.events import DomainWatch, _lifecycle_words, flatten_guest_panicked
 from compatlab.lab.machine import DomainState, Machine, ppm_to_png
-from compatlab.lab.reaper import (
+from compatlab.lab.owner import (
     NS_URI,
     CellMetadata,
     Controller,
-    gc,
     parse_cell_metadata,
     process_start_time,
     read_cell_metadata,
     read_run_owner,
-    reap,
     render_cell_metadata,
     run_folder,
     write_run_owner,
 )
+from compatlab.lab.reaper import gc, reap
 
 URI = "test:///default"
 

@@ -21,15 +21,14 @@ import pytest
 
 from compatlab.errors import StorageError
 from compatlab.lab.connection import Hypervisor
-from compatlab.lab.reaper import (
-    ABANDONED_AFTER,
+from compatlab.lab.owner import (
     CellMetadata,
     Controller,
-    reap,
     render_cell_metadata,
     run_folder,
     write_run_owner,
 )
+from compatlab.lab.reaper import ABANDONED_AFTER, reap
 from compatlab.run import LabRun, LabSettings
 
 URI = "test:///default"

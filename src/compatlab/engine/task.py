@@ -348,7 +348,7 @@ class _StopWhenReleased:
 def _staging(lab: LabContext) -> Path:
     """A folder for one attempt's evidence, inside the run's storage folder on this host: if
     the worker dies, the reaper removes it with the rest of the dead run's folder."""
-    from compatlab.lab.reaper import run_folder
+    from compatlab.lab.owner import run_folder
 
     folder = run_folder(lab.storage_root, lab.run_id)
     folder.mkdir(parents=True, exist_ok=True)

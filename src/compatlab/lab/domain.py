@@ -31,7 +31,7 @@ import jinja2
 
 from compatlab.catalog import GoldenImage, HardwareProfile, ProfileNotSupported, check_supported
 from compatlab.errors import LabError
-from compatlab.lab.reaper import NS_URI, CellMetadata, Controller
+from compatlab.lab.owner import NS_URI, CellMetadata, Controller
 from compatlab.lab.storage import CellStorage
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from compatlab.errors import CompatlabError
 from compatlab.lab.domain import domain_name
-from compatlab.lab.reaper import CellMetadata, render_cell_metadata, run_folder
+from compatlab.lab.owner import CellMetadata, render_cell_metadata, run_folder
 
 if TYPE_CHECKING:
     from compatlab.scenario import LabContext

@@ -21,7 +21,7 @@ from compatlab.guest.channel import Channel
 from compatlab.lab.connection import Hypervisor
 from compatlab.lab.domain import Forward
 from compatlab.lab.machine import Machine
-from compatlab.lab.reaper import Controller
+from compatlab.lab.owner import Controller
 from compatlab.lab.storage import CellStorage
 
 if TYPE_CHECKING:
