@@ -23,7 +23,8 @@ import winrm.exceptions
 from compatlab.catalog import Credentials
 from compatlab.errors import GuestError, GuestTimeout, GuestUnreachable
 from compatlab.guest.channel import Channel, clean_clixml, open_channel
-from compatlab.guest.winrm import WinRMChannel, map_winrm_error
+from compatlab.guest.winrm import WinRMChannel
+from compatlab.guest.winrm_edges import map_winrm_error
 from tests.support.wsman_server import ENVELOPES, ReceivedCommand, RecordedWSManServer, Reply
 
 PASSWORD_ENV = "COMPATLAB_TEST_WINRM_PASSWORD"

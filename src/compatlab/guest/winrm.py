@@ -5,14 +5,9 @@ one Protocol per call, its HTTP read timeout derived from the time left, and the
 ``OperationTimeout`` of each Receive long-poll cut to the time left. A command that outlives its
 timeout gets WS-Man's ``terminate`` signal, which ends the process on the guest.
 
-The password is resolved here, at the edge, from ``Credentials.password_env`` (the environment)
-or ``Credentials.password_file``; it is never logged or put into an error message.
-
-pywinrm and requests exceptions are mapped by :func:`map_winrm_error`:
-
-- connection refused / reset, connect timeout, HTTP 503 -> :class:`GuestUnreachable`
-- read timeout, WS-Man operation timeout, deadline passed -> :class:`GuestTimeout`
-- credentials rejected, TLS failure, WS-Man fault, other HTTP errors -> :class:`GuestError`
+The password (:func:`~compatlab.guest.winrm_edges.resolve_password`) and what pywinrm's and
+requests' exceptions mean (:func:`~compatlab.guest.winrm_edges.map_winrm_error`) are in
+``guest/winrm_edges.py``.
 """
 
 from __future__ import annotations
@@ -22,20 +17,14 @@ import functools
 import hashlib
 import logging
 import math
-import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Final, Literal, TypeVar
 
 import requests
 from winrm.exceptions import (
     AuthenticationError,
-    InvalidCredentialsError,
-    WinRMError,
     WinRMOperationTimeoutError,
-    WinRMTransportError,
-    WSManFaultError,
 )
 from winrm.protocol import Protocol
 
@@ -48,9 +37,10 @@ from compatlab.guest.channel import (
     encode_powershell,
     poll_until_ready,
 )
+from compatlab.guest.winrm_edges import map_winrm_error, resolve_password
 from compatlab.text import OutputBuffer
 
-__all__ = ["WinRMChannel", "WinRMTransport", "map_winrm_error", "resolve_password"]
+__all__ = ["WinRMChannel", "WinRMTransport"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +53,6 @@ _T = TypeVar("_T")
 _UPLOAD_LINE: Final = 48 * 1024
 # UTF-8 console output: codepage 437 (pywinrm's default) would mangle anything not ASCII.
 _UTF8_CODEPAGE: Final = 65001
-_HTTP_SERVICE_UNAVAILABLE: Final = 503
 
 # PowerShell reading base64 lines from stdin (pipeline input), writing them to the file and
 # answering with the size and SHA-256 of what it wrote, so the upload is checked end to end.
@@ -90,107 +79,6 @@ _DOWNLOAD_SCRIPT: Final = """\
 $ErrorActionPreference = 'Stop'
 [Convert]::ToBase64String([IO.File]::ReadAllBytes('%(path)s'))
 """
-
-
-def resolve_password(credentials: Credentials, *, domain: str | None = None) -> str:
-    """The password ``credentials`` point to. Errors name the variable or file, never a value."""
-    who = credentials.username
-    if credentials.password_env:
-        name = credentials.password_env
-        value = os.environ.get(name)
-        if value is None:
-            raise GuestError(
-                f"the password for {who!r} comes from the environment variable {name}, "
-                "which is not set",
-                channel=_CHANNEL,
-                domain=domain,
-            )
-        if not value:
-            raise GuestError(
-                f"the password for {who!r} comes from the environment variable {name}, "
-                "which is empty",
-                channel=_CHANNEL,
-                domain=domain,
-            )
-        return value
-    if credentials.password_file:
-        path = credentials.password_file
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise GuestError(
-                f"the password for {who!r} comes from {path}, which cannot be read: "
-                f"{exc.strerror or exc}",
-                channel=_CHANNEL,
-                domain=domain,
-            ) from exc
-        # An editor's trailing newline is not part of the password.
-        value = text.removesuffix("\n").removesuffix("\r")
-        if not value:
-            raise GuestError(
-                f"the password for {who!r} comes from {path}, which is empty",
-                channel=_CHANNEL,
-                domain=domain,
-            )
-        return value
-    raise GuestError(
-        f"the credentials for {who!r} name neither password_env nor password_file",
-        channel=_CHANNEL,
-        domain=domain,
-    )
-
-
-def map_winrm_error(
-    exc: BaseException, *, doing: str, endpoint: str, domain: str | None = None
-) -> GuestError | None:
-    """Translate a pywinrm / requests exception into the compatlab error tree.
-
-    Returns None for anything else, which the caller lets through: a bug stays a bug. Order
-    matters: requests' ``ConnectTimeout`` is both a ``ConnectionError`` and a ``Timeout``, and
-    its ``SSLError`` is a ``ConnectionError`` too.
-    """
-    where = f"{doing} at {endpoint}"
-    unreachable = timeout = False
-    if isinstance(exc, requests.exceptions.SSLError):
-        text = f"TLS failed: {exc}"
-    elif isinstance(exc, requests.exceptions.ConnectTimeout):
-        unreachable, text = True, "no connection (connect timed out)"
-    elif isinstance(exc, requests.exceptions.Timeout):
-        timeout, text = True, "no answer in time (read timed out)"
-    elif isinstance(exc, requests.exceptions.ConnectionError):
-        unreachable, text = True, f"no connection: {_first_line(exc)}"
-    elif isinstance(exc, requests.exceptions.RequestException):
-        text = f"HTTP request failed: {exc}"
-    elif isinstance(exc, InvalidCredentialsError):
-        text = f"credentials rejected: {exc}"
-    elif isinstance(exc, AuthenticationError):
-        text = f"authentication failed: {exc}"
-    elif isinstance(exc, WinRMOperationTimeoutError):
-        timeout, text = True, "WS-Management operation timed out"
-    elif isinstance(exc, WSManFaultError):
-        code = f", WSMan fault {exc.wsman_fault_code}" if exc.wsman_fault_code else ""
-        text = f"WS-Management fault (HTTP {exc.code}{code}): {exc.reason.strip()}"
-    elif isinstance(exc, WinRMTransportError):
-        # 503: HTTP.sys answers for the port while the WinRM service is not (yet) there.
-        unreachable = exc.code == _HTTP_SERVICE_UNAVAILABLE
-        text = f"HTTP {exc.code} from the WinRM service"
-    elif isinstance(exc, WinRMError):
-        text = f"WinRM error: {exc}"
-    elif isinstance(exc, ET.ParseError | StopIteration | AssertionError):
-        # pywinrm parses with ElementTree, finds ids with next() and checks RelatesTo with assert.
-        text = f"malformed WS-Management response: {type(exc).__name__}: {exc}"
-    else:
-        return None
-    message = f"{where}: {text}"
-    if unreachable:
-        return GuestUnreachable(message, channel=_CHANNEL, domain=domain)
-    if timeout:
-        return GuestTimeout(message, channel=_CHANNEL, domain=domain)
-    return GuestError(message, channel=_CHANNEL, domain=domain)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class WinRMChannel:
