@@ -56,3 +56,19 @@ def test_the_machines_capacity_is_its_cpus_and_available_memory_less_a_reserve(
 def test_a_capacity_of_nothing_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         Capacity(0, 100)
+
+
+@pytest.mark.parametrize("swtpm", ["/usr/bin/swtpm", None])
+def test_a_capacity_from_the_lab_file_keeps_what_the_machine_can_do(
+    monkeypatch: pytest.MonkeyPatch, swtpm: str | None
+) -> None:
+    """``capacity:`` in configs/lab.yaml sizes the lab; it does not take the machine's swtpm
+    away. It used to: with a capacity configured, every TPM cell was infra_error ("needs
+    label(s) tpm (the host has none)") on a machine that runs them without one."""
+    from compatlab.engine.queue import default_capacity
+
+    monkeypatch.setattr("shutil.which", lambda name: swtpm if name == "swtpm" else None)
+    offered = frozenset({"tpm"}) if swtpm else frozenset()
+    assert default_capacity(Capacity(2, 800)) == Capacity(2, 800, offered)
+    assert default_capacity(Capacity(4, 1600), share=2) == Capacity(2, 800, offered)
+    assert default_capacity(None).labels == offered

@@ -41,11 +41,19 @@ log = logging.getLogger("compatlab.engine")
 
 def default_capacity(configured: Capacity | None, *, share: int = 1) -> Capacity:
     """The capacity of this runner: ``configs/lab.yaml``'s, else the machine's; divided by
-    ``share`` (xdist workers), never below one VM's worth of vCPUs."""
+    ``share`` (xdist workers), never below one VM's worth of vCPUs. Either way with the labels
+    the machine offers (swtpm: ``tpm``): the lab file sizes the capacity, not what it can run."""
     import shutil
 
     labels = ("tpm",) if shutil.which("swtpm") else ()
-    base = configured or machine_capacity(labels=labels)
+    if configured is None:
+        base = machine_capacity(labels=labels)
+    else:
+        base = Capacity(
+            vcpus=configured.vcpus,
+            memory_mib=configured.memory_mib,
+            labels=configured.labels | frozenset(labels),
+        )
     if share <= 1:
         return base
     return Capacity(
