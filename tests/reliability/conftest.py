@@ -218,18 +218,15 @@ def campaign(request: pytest.FixtureRequest) -> Campaign:
     return running
 
 
-def _finish(config: pytest.Config) -> None:
+def _finish(config: pytest.Config) -> Campaign | None:
     """Every test has run (or the session was interrupted, or stopped at a failure): scenarios
-    not started by now are read by no one; the running ones finish and are counted."""
+    not started by now are read by no one; the running ones finish. The campaign, if any."""
     running = config.stash.get(_CAMPAIGN, None)
     if not isinstance(running, Campaign):
-        return
+        return None
     running.cancel()
     running.join()
-    ledger = config.stash.get(_LEDGER, None)
-    if ledger is not None:
-        ledger.scenarios = {n: o for n, o in running.done.items() if isinstance(o, Outcome)}
-        ledger.campaign_seconds = round(time.monotonic() - running.began, 1)
+    return running
 
 
 # -- the counts -------------------------------------------------------------------------------
@@ -317,7 +314,10 @@ class ReliabilityLedger:
         }
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        _finish(self.config)
+        running = _finish(self.config)
+        if running is not None:
+            self.scenarios = {n: o for n, o in running.done.items() if isinstance(o, Outcome)}
+            self.campaign_seconds = round(time.monotonic() - running.began, 1)
         if hasattr(self.config, "workerinput") or not (self.faults or self.hostile):
             return
         folder = self.config.rootpath / "reports"

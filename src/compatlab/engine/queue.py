@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,11 +50,7 @@ def default_capacity(configured: Capacity | None, *, share: int = 1) -> Capacity
     if configured is None:
         base = machine_capacity(labels=labels)
     else:
-        base = Capacity(
-            vcpus=configured.vcpus,
-            memory_mib=configured.memory_mib,
-            labels=configured.labels | frozenset(labels),
-        )
+        base = replace(configured, labels=configured.labels | frozenset(labels))
     if share <= 1:
         return base
     return Capacity(

@@ -17,7 +17,7 @@ whose it is, so it is judged by what it holds. It is *abandoned*, and deleted, w
 - nothing in it -- the folder, its files and sub-folders, by mtime and ctime, symlinks not
   followed -- has changed for :data:`ABANDONED_AFTER` (an hour): a live run writes its
   ``owner.json`` within milliseconds of creating the folder, and a live run's disks change;
-- no domain on the hypervisor claims its run in its metadata (see above);
+- no domain on the hypervisor claims its run in its metadata (``lab/owner.py``);
 - no domain on the hypervisor, compatlab's or not, running or not, names a path in it in its
   XML (a disk, NVRAM, a log, a CD-ROM); when the domains cannot be read, none is deleted.
 
