@@ -26,7 +26,7 @@ from compatlab.guest.agent import AgentChannel
 from compatlab.guest.channel import Channel
 from tests.support.lab import require_lab
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.guests(1)]
 
 IMAGE = Path(os.environ.get("COMPATLAB_TINYLINUX_A", "/var/lib/compatlab/images/tinylinux-a"))
 URI = os.environ.get("COMPATLAB_TEST_URI", "qemu:///system")

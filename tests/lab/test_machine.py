@@ -43,7 +43,7 @@ from compatlab.lab.reaper import reap
 from tests.support.lab import require_lab
 from tests.support.libvirtd import PrivateLibvirtd
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.guests(1)]
 
 URI = "qemu:///system"
 BOOT_TIMEOUT = 90.0  # generous: other cells may share the two cores

@@ -27,7 +27,7 @@ from tests.support.matrixrun import (
     run_matrices,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.guests(1)]
 
 WINRM = "winrm-pass.yaml"
 IMAGE = STORAGE_ROOT / "images" / "tinylinux-a-winrm"

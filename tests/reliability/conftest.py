@@ -6,13 +6,17 @@ Two things live here:
   (``@pytest.mark.scenario("name")``, registered by the test modules with
   :func:`tests.support.faultrun.scenario`), side by side within a budget of guests
   (``COMPATLAB_RELIABILITY_GUESTS``, default 4 on these 2-core TCG machines: a guest that
-  waits out a timeout or bakes costs no CPU), longest first.
+  waits out a timeout or bakes costs no CPU), longest first; one that needs more guests than
+  the budget allows for now lets the next ones pass it
+  (:func:`~tests.support.faultrun.next_to_start`).
   Each test module's tests wait only for their own scenario. Every scenario has its own private
   lab (libvirtd + virtlogd in their own namespaces, its own storage root), so what one fault
   does, or leaves, is never another's, and nothing on the system daemon is touched.
   It starts when the session's tests start, not when its first test runs: while the other
-  real-VM tests (tests/lab, on the system daemon, up to two guests at a time) run, it runs one
-  guest at a time (:data:`SHARED_BUDGET`); from its own first test on, the whole budget.
+  real-VM tests (tests/lab, on the system daemon) run, it runs what they leave of
+  :data:`SHARED_GUESTS` -- one guest beside a test that runs two, two beside one that runs one
+  (``@pytest.mark.guests(1)``; tests/lab/conftest.py puts those last); from its own first test
+  on, the whole budget.
 * :class:`ReliabilityLedger` -- a plugin that counts, over the whole session: faults injected
   (tests marked ``fault``) and how many ended with the right verdict (passed; an ``xfail`` is a
   known bug, counted as wrong), what the scenarios left behind (domains, disks, folders, QEMU
@@ -39,13 +43,24 @@ from typing import Any
 
 import pytest
 
-from tests.support.faultrun import SCENARIOS, Outcome
+from tests.support.faultrun import (
+    DEFAULT_GUESTS,
+    SCENARIOS,
+    Outcome,
+    Scenario,
+    guests_of,
+    next_to_start,
+)
 
 GUEST_BUDGET = int(os.environ.get("COMPATLAB_RELIABILITY_GUESTS", "4"))
-#: Guests the campaign runs at once beside the tests/lab tests. Two were measured too many:
-#: with tests/lab's two, demo-agent-dead's guest got 40% of a vCPU over its 60 s boot timeout and
-#: the lab rightly called it starved (infra_error), failing the test.
-SHARED_BUDGET = 1
+#: Guests on this host at once while the campaign shares it with the other real-VM tests: the
+#: campaign gets what their test of the moment leaves (``guests`` mark, tests/lab/conftest.py),
+#: at least one. Four were measured too many: with tests/lab's two beside two of the campaign's,
+#: demo-agent-dead's guest got 40% of a vCPU over its 60 s boot timeout and the lab rightly
+#: called it starved (infra_error), failing the test.
+SHARED_GUESTS = 3
+#: The campaign's budget from the session's start until the first test says what it leaves.
+SHARED_BUDGET = SHARED_GUESTS - DEFAULT_GUESTS
 STAGGER = 4.0  # seconds between two scenario starts: first boots do not all collide
 
 #: Files whose tests are the hostile inputs of issue 8 (its classes: inputs that crash the
@@ -79,6 +94,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ledger = ReliabilityLedger(config)
         config.stash[_LEDGER] = ledger
         config.pluginmanager.register(ledger, "compatlab-reliability-ledger")
+        config.pluginmanager.register(Beside(config), "compatlab-campaign-beside")
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
@@ -107,6 +123,7 @@ class Campaign:
         self.started: dict[str, float] = {}
         self.budget = budget
         self.free = budget
+        self.widened = False
         self.cancelled = False
         self.lock = threading.Condition()
         self.began = time.monotonic()
@@ -114,21 +131,28 @@ class Campaign:
         self.scheduler.start()
 
     def _schedule(self) -> None:
-        for item in self.pending:
+        waiting = list(self.pending)
+        while waiting:
             with self.lock:
-                # More guests than the shared budget: it waits for the whole one.
-                need = min(item.guests, GUEST_BUDGET)
-                self.lock.wait_for(lambda: self.free >= need or self.cancelled)  # noqa: B023
+                self.lock.wait_for(lambda: self.cancelled or self._next(waiting) is not None)
                 if self.cancelled:
-                    self.done[item.name] = pytest.skip.Exception("the campaign was cancelled")
+                    for left in waiting:
+                        self.done[left.name] = pytest.skip.Exception("the campaign was cancelled")
                     self.lock.notify_all()
-                    continue
+                    return
+                item = self._next(waiting)
+                assert item is not None
+                waiting.remove(item)
+                need = min(item.guests, GUEST_BUDGET)
                 self.free -= need
                 self.started[item.name] = time.monotonic() - self.began
             threading.Thread(
                 target=self._one, args=(item.name, need), name=f"fault-{item.name}"
             ).start()
             time.sleep(STAGGER)
+
+    def _next(self, waiting: list[Scenario]) -> Scenario | None:
+        return next_to_start(waiting, self.free, self.budget, GUEST_BUDGET)
 
     def _one(self, name: str, need: int) -> None:
         started = time.monotonic()
@@ -144,14 +168,26 @@ class Campaign:
             self.free += need
             self.lock.notify_all()
 
-    def widen(self, budget: int) -> None:
-        """From now on, up to ``budget`` guests at once (the tests it shared the machine with
-        are done)."""
+    def share(self, budget: int) -> None:
+        """From now on, up to ``budget`` guests at once: what the test running beside it
+        leaves. Scenarios running past a smaller budget finish; the next ones wait. Ignored
+        once widened."""
         with self.lock:
+            if not self.widened:
+                self._set(budget)
+
+    def widen(self, budget: int) -> None:
+        """From now on, up to ``budget`` guests at once, for good (the tests it shared the
+        machine with are done)."""
+        with self.lock:
+            self.widened = True
             if budget > self.budget:
-                self.free += budget - self.budget
-                self.budget = budget
-                self.lock.notify_all()
+                self._set(budget)
+
+    def _set(self, budget: int) -> None:
+        self.free += budget - self.budget
+        self.budget = budget
+        self.lock.notify_all()
 
     def get(self, name: str) -> Outcome:
         with self.lock:
@@ -203,6 +239,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         item.get_closest_marker("slow") and here not in item.path.parents for item in session.items
     )
     config.stash[_CAMPAIGN] = _start(config, SHARED_BUDGET if sharing else GUEST_BUDGET)
+
+
+class Beside:
+    """Before each real-VM test outside this folder, gives the campaign the guests that test
+    leaves free (a plugin: conftest hooks here would only see this folder's tests)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
+        running = self.config.stash.get(_CAMPAIGN, None)
+        if not isinstance(running, Campaign) or not item.get_closest_marker("slow"):
+            return
+        if Path(__file__).parent not in item.path.parents:
+            running.share(max(1, SHARED_GUESTS - guests_of(item)))
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.lab import require_lab
 from tests.support.matrixrun import (
     PAYLOADS,
@@ -456,6 +458,33 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {}
+
+
+#: Guests the real-VM tests outside the campaign may run at once, unless marked
+#: ``@pytest.mark.guests(n)`` (tests/lab/conftest.py orders them by it).
+DEFAULT_GUESTS = 2
+
+
+def guests_of(item: pytest.Item) -> int:
+    """How many guests a real-VM test runs at once (its ``guests`` mark, else two)."""
+    mark = item.get_closest_marker("guests")
+    return int(mark.args[0]) if mark is not None else DEFAULT_GUESTS
+
+
+def next_to_start(waiting: list[Scenario], free: int, budget: int, cap: int) -> Scenario | None:
+    """The campaign's next scenario (``waiting`` in order), or None: wait for guests.
+
+    The first in order whose guests (at most ``cap``) are free now. One that needs more than the
+    whole ``budget`` of the moment (two-runs beside tests/lab's guests) lets the ones after it
+    pass until the budget is widened, instead of holding them all back; one that fits the budget
+    but not what is free keeps its place, so a wide scenario is not starved by narrow ones."""
+    for item in waiting:
+        need = min(item.guests, cap)
+        if need <= free:
+            return item
+        if need <= budget:
+            return None
+    return None
 
 
 def scenario(
