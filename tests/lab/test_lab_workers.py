@@ -46,7 +46,7 @@ axes:
   hardware: [bios-1cpu]
   products: {products}
 scenario: {{boots: 1, boot_timeout: 120, bake: 1, baseline: never, rollback: false}}
-"""
+{extra}"""
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,9 @@ def _start(folder: Path, address: str, name: str, storage: Path) -> subprocess.P
     )
 
 
-def _matrix(folder: Path, products: str, builds: str = "[tinylinux-a]") -> Path:
+def _matrix(folder: Path, products: str, builds: str = "[tinylinux-a]", extra: str = "") -> Path:
     path = folder / f"m-{len(list(folder.glob('m-*.yaml')))}.yaml"
-    path.write_text(MATRIX.format(root=dasklab.ROOT, products=products, builds=builds))
+    path.write_text(MATRIX.format(root=dasklab.ROOT, products=products, builds=builds, extra=extra))
     return path
 
 
@@ -200,10 +200,18 @@ def test_a_killed_controller_resumes_and_reports_every_cell_once(
     with Client(address, set_as_default=False, timeout=30) as client:
         dasklab.wait_workers(client, 2)
     report = tmp_path / "report"
-    matrix = _matrix(folder, "[[], [acme-av]]", builds="[tinylinux-a, tinylinux-b]")
+    # Three cells on two 1-vCPU workers: one finished and kept, the other two running when the
+    # controller dies, then reaped and run again side by side. (It was four: the fourth, not
+    # started yet at the kill, added a second round of cells to the resumed run, ~95 s.)
+    matrix = _matrix(
+        folder,
+        "[[], [acme-av]]",
+        builds="[tinylinux-a, tinylinux-b]",
+        extra="exclude: [{build: tinylinux-b, products: [acme-av]}]\n",
+    )
     first = _controller(matrix, address, report)
     deadline = time.monotonic() + 600
-    while True:  # a cell done and one of the next two started: kill -9 the controller then
+    while True:  # a cell done and the next one started: kill -9 the controller then
         done = (report / "results.json").exists() and len(_cells(report)) >= 1
         running = sum(len(_domains_of(w.pid)) for w in workers.values())
         if done and running >= 1:
@@ -222,7 +230,7 @@ def test_a_killed_controller_resumes_and_reports_every_cell_once(
     out, _ = second.communicate(timeout=RUN_TIMEOUT)
     assert second.returncode == 0, out
     final = _cells(report)
-    assert len(final) == 4
+    assert len(final) == 3
     for cell_id, cell in kept.items():
         assert final[cell_id] == cell, "a finished cell is kept as it was"
     assert all(c["verdict"] == "pass" for c in final.values()), out
