@@ -282,8 +282,15 @@ class CellItem(pytest.Item):
         queue.submit(cells)
         progress = session.lab_run().progress
         progress.plan(len(session.cells))
+        sigterm = self.config.stash.get(_SIGTERM, None)
+
+        def tick() -> None:  # between the wait's polls, in the main thread
+            if sigterm is not None:
+                sigterm.check()  # a SIGTERM whose exception was lost (signals.py)
+            progress.render()
+
         try:
-            result = queue.wait(self.cell, tick=progress.render)
+            result = queue.wait(self.cell, tick=tick)
         finally:
             progress.finished(self.cell.id)
             progress.clear()

@@ -17,6 +17,11 @@ with no handler of ours, the default action: the process ends, cleanup done).
 
 Signal handlers belong to the main thread: elsewhere nothing is installed or held back.
 
+A handler's exception can be lost: raised while the main thread runs a weakref callback, a
+``__del__`` or the garbage collector, it is "unraisable" and Python drops it. The runner's
+waits call :meth:`SigtermInterrupts.check` between their polls, which raises a lost SIGTERM again.
+(Python's own Ctrl-C handler has the same gap; a second Ctrl-C gets through.)
+
 A signal's exception is raised wherever the main thread is, and on Python 3.11 that can be an
 instruction without a line number (its traceback entry's ``tb_lineno`` is None). pytest cannot
 render such an entry: its report of the interrupt fails with a ``TypeError`` and the run exits
@@ -73,6 +78,7 @@ class SigtermInterrupts:
         self._previous: _Handler = None
         self._installed = False
         self.stopping = False
+        self._delivered = False
 
     def install(self) -> bool:
         """Install the handler; False (and nothing done) outside the main thread."""
@@ -94,6 +100,20 @@ class SigtermInterrupts:
             return  # the run is stopping already: let its cleanup finish
         self.stopping = True
         raise Terminated
+
+    def check(self) -> None:
+        """Raise :class:`Terminated` here if a SIGTERM came and its exception was lost.
+
+        A handler runs between two instructions of the main thread, wherever that is. In a
+        weakref callback, a ``__del__`` or the garbage collector, an exception is
+        "unraisable": Python prints it and drops it, and the run went on with its stop ignored
+        (later SIGTERMs too, since the run is "stopping"). The runner's waits for a cell call
+        this between their polls, so a lost stop is raised again within one poll. At most
+        once: a stop that did get through ends the session's waits, and the cleanup after it
+        is never cut short by this."""
+        if self.stopping and not self._delivered:
+            self._delivered = True
+            raise Terminated
 
 
 @contextlib.contextmanager
