@@ -8,7 +8,7 @@ Two things live here:
   (``COMPATLAB_RELIABILITY_GUESTS``, default 4 on these 2-core TCG machines: a guest that
   waits out a timeout or bakes costs no CPU), longest first; one that needs more guests than
   the budget allows for now lets the next ones pass it
-  (:func:`~tests.support.faultrun.next_to_start`).
+  (:class:`~tests.support.faultrun.GuestBudget`).
   Each test module's tests wait only for their own scenario. Every scenario has its own private
   lab (libvirtd + virtlogd in their own namespaces, its own storage root), so what one fault
   does, or leaves, is never another's, and nothing on the system daemon is touched.
@@ -43,14 +43,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.faultrun import (
-    DEFAULT_GUESTS,
-    SCENARIOS,
-    Outcome,
-    Scenario,
-    guests_of,
-    next_to_start,
-)
+from tests.support.faultrun import SCENARIOS, GuestBudget, Outcome
+from tests.support.lab import DEFAULT_GUESTS, guests_of
 
 GUEST_BUDGET = int(os.environ.get("COMPATLAB_RELIABILITY_GUESTS", "4"))
 #: Guests on this host at once while the campaign shares it with the other real-VM tests: the
@@ -94,7 +88,6 @@ def pytest_configure(config: pytest.Config) -> None:
         ledger = ReliabilityLedger(config)
         config.stash[_LEDGER] = ledger
         config.pluginmanager.register(ledger, "compatlab-reliability-ledger")
-        config.pluginmanager.register(Beside(config), "compatlab-campaign-beside")
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
@@ -121,9 +114,7 @@ class Campaign:
         self.pending = sorted((SCENARIOS[n] for n in names), key=lambda s: (s.order, s.name))
         self.done: dict[str, Outcome | BaseException] = {}
         self.started: dict[str, float] = {}
-        self.budget = budget
-        self.free = budget
-        self.widened = False
+        self.guests = GuestBudget(cap=GUEST_BUDGET, size=budget)
         self.cancelled = False
         self.lock = threading.Condition()
         self.began = time.monotonic()
@@ -134,25 +125,22 @@ class Campaign:
         waiting = list(self.pending)
         while waiting:
             with self.lock:
-                self.lock.wait_for(lambda: self.cancelled or self._next(waiting) is not None)
+                self.lock.wait_for(lambda: self.cancelled or self.guests.next(waiting) is not None)
                 if self.cancelled:
                     for left in waiting:
                         self.done[left.name] = pytest.skip.Exception("the campaign was cancelled")
                     self.lock.notify_all()
                     return
-                item = self._next(waiting)
+                item = self.guests.next(waiting)
                 assert item is not None
                 waiting.remove(item)
-                need = min(item.guests, GUEST_BUDGET)
-                self.free -= need
+                need = self.guests.need(item)
+                self.guests.free -= need
                 self.started[item.name] = time.monotonic() - self.began
             threading.Thread(
                 target=self._one, args=(item.name, need), name=f"fault-{item.name}"
             ).start()
             time.sleep(STAGGER)
-
-    def _next(self, waiting: list[Scenario]) -> Scenario | None:
-        return next_to_start(waiting, self.free, self.budget, GUEST_BUDGET)
 
     def _one(self, name: str, need: int) -> None:
         started = time.monotonic()
@@ -165,29 +153,21 @@ class Campaign:
             outcome = exc
         with self.lock:
             self.done[name] = outcome
-            self.free += need
+            self.guests.free += need
             self.lock.notify_all()
 
-    def share(self, budget: int) -> None:
-        """From now on, up to ``budget`` guests at once: what the test running beside it
-        leaves. Scenarios running past a smaller budget finish; the next ones wait. Ignored
-        once widened."""
+    def share(self, size: int) -> None:
+        """From now on, up to ``size`` guests at once: what the test running beside it leaves
+        (GuestBudget.share)."""
         with self.lock:
-            if not self.widened:
-                self._set(budget)
+            self.guests.share(size)
+            self.lock.notify_all()
 
-    def widen(self, budget: int) -> None:
-        """From now on, up to ``budget`` guests at once, for good (the tests it shared the
-        machine with are done)."""
+    def widen(self) -> None:
+        """Its whole budget, for good: the tests it shared the host with are done."""
         with self.lock:
-            self.widened = True
-            if budget > self.budget:
-                self._set(budget)
-
-    def _set(self, budget: int) -> None:
-        self.free += budget - self.budget
-        self.budget = budget
-        self.lock.notify_all()
+            self.guests.widen()
+            self.lock.notify_all()
 
     def get(self, name: str) -> Outcome:
         with self.lock:
@@ -241,20 +221,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config.stash[_CAMPAIGN] = _start(config, SHARED_BUDGET if sharing else GUEST_BUDGET)
 
 
-class Beside:
-    """Before each real-VM test outside this folder, gives the campaign the guests that test
-    leaves free (a plugin: conftest hooks here would only see this folder's tests)."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
-        running = self.config.stash.get(_CAMPAIGN, None)
-        if not isinstance(running, Campaign) or not item.get_closest_marker("slow"):
-            return
-        if Path(__file__).parent not in item.path.parents:
-            running.share(max(1, SHARED_GUESTS - guests_of(item)))
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    """Before each real-VM test outside this folder (pytest calls this for every item, not
+    only this folder's), the campaign gets the guests that test leaves free."""
+    running = item.config.stash.get(_CAMPAIGN, None)
+    if not isinstance(running, Campaign) or not item.get_closest_marker("slow"):
+        return
+    if Path(__file__).parent not in item.path.parents:
+        running.share(max(1, SHARED_GUESTS - guests_of(item)))
 
 
 @pytest.fixture(scope="session")
@@ -266,7 +241,7 @@ def campaign(request: pytest.FixtureRequest) -> Campaign:
     running = config.stash[_CAMPAIGN]
     if isinstance(running, BaseException):
         raise running
-    running.widen(GUEST_BUDGET)
+    running.widen()
     return running
 
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.lab import require_lab
 from tests.support.matrixrun import (
     PAYLOADS,
@@ -460,31 +458,56 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {}
 
 
-#: Guests the real-VM tests outside the campaign may run at once, unless marked
-#: ``@pytest.mark.guests(n)`` (tests/lab/conftest.py orders them by it).
-DEFAULT_GUESTS = 2
+@dataclass
+class GuestBudget:
+    """How many guests the fault campaign may run at once, and how many of those are free.
 
+    ``cap`` is its own budget (``COMPATLAB_RELIABILITY_GUESTS``), never exceeded. ``size`` is
+    what it may use now: what the tests beside it leave, or ``cap`` once :meth:`widen` made it
+    final. ``free`` is ``size`` less the guests of the scenarios running; it is below zero for
+    a while when the size shrank under them: they finish, the next ones wait."""
 
-def guests_of(item: pytest.Item) -> int:
-    """How many guests a real-VM test runs at once (its ``guests`` mark, else two)."""
-    mark = item.get_closest_marker("guests")
-    return int(mark.args[0]) if mark is not None else DEFAULT_GUESTS
+    cap: int
+    size: int
+    free: int = field(init=False)
+    final: bool = False
 
+    def __post_init__(self) -> None:
+        self.size = min(self.size, self.cap)
+        self.free = self.size
 
-def next_to_start(waiting: list[Scenario], free: int, budget: int, cap: int) -> Scenario | None:
-    """The campaign's next scenario (``waiting`` in order), or None: wait for guests.
+    def share(self, size: int) -> None:
+        """What the test beside it leaves, from now on (ignored once final)."""
+        if not self.final:
+            self._resize(min(size, self.cap))
 
-    The first in order whose guests (at most ``cap``) are free now. One that needs more than the
-    whole ``budget`` of the moment (two-runs beside tests/lab's guests) lets the ones after it
-    pass until the budget is widened, instead of holding them all back; one that fits the budget
-    but not what is free keeps its place, so a wide scenario is not starved by narrow ones."""
-    for item in waiting:
-        need = min(item.guests, cap)
-        if need <= free:
-            return item
-        if need <= budget:
-            return None
-    return None
+    def widen(self) -> None:
+        """The whole budget, for good: the tests it shared the host with are done."""
+        self.final = True
+        self._resize(self.cap)
+
+    def _resize(self, size: int) -> None:
+        self.free += size - self.size
+        self.size = size
+
+    def need(self, scenario: Scenario) -> int:
+        return min(scenario.guests, self.cap)
+
+    def next(self, waiting: Sequence[Scenario]) -> Scenario | None:
+        """The next scenario to start (``waiting`` in order), or None: wait for guests.
+
+        The first in order whose guests are free now. One that needs more than the whole
+        size of the moment (two-runs beside tests/lab's guests) lets the ones after it pass
+        until the size grows, instead of holding them all back; one that fits the size but
+        not what is free keeps its place, so a wide scenario is not starved by narrow ones.
+        A scenario with no guest starts at once."""
+        for scenario in waiting:
+            need = self.need(scenario)
+            if need == 0 or need <= self.free:
+                return scenario
+            if need <= self.size:
+                return None
+        return None
 
 
 def scenario(

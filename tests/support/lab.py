@@ -7,6 +7,8 @@ test is skipped with the same reason.
 
 Only for what the lab provides (libvirtd, images, payloads, qemu tools, root, unshare). A test
 that does not apply to the case at hand keeps its plain ``pytest.skip``.
+
+And how much of the lab a real-VM test takes: :func:`guests_of` (its ``guests`` mark).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import NoReturn
 
 import pytest
 
-__all__ = ["REQUIRE_LAB", "lab_required", "require_lab"]
+__all__ = ["DEFAULT_GUESTS", "REQUIRE_LAB", "guests_of", "lab_required", "require_lab"]
 
 #: The environment variable ``make test`` sets.
 REQUIRE_LAB = "COMPATLAB_REQUIRE_LAB"
@@ -36,3 +38,14 @@ def require_lab(reason: str) -> NoReturn:
             pytrace=False,
         )
     pytest.skip(reason)
+
+
+#: Guests a real-VM test runs at once unless marked ``@pytest.mark.guests(n)``: tests/lab's
+#: most. The fault campaign (tests/reliability/conftest.py) runs beside in what is left.
+DEFAULT_GUESTS = 2
+
+
+def guests_of(node: pytest.Item | pytest.Module) -> int:
+    """How many guests a real-VM test (or every test of a module) runs at once."""
+    mark = node.get_closest_marker("guests")
+    return int(mark.args[0]) if mark is not None else DEFAULT_GUESTS
