@@ -282,15 +282,15 @@ class CellItem(pytest.Item):
         queue.submit(cells)
         progress = session.lab_run().progress
         progress.plan(len(session.cells))
+        # Between the wait's polls: a SIGTERM whose exception was lost is raised (signals.py).
         sigterm = self.config.stash.get(_SIGTERM, None)
-
-        def tick() -> None:  # between the wait's polls, in the main thread
-            if sigterm is not None:
-                sigterm.check()  # a SIGTERM whose exception was lost (signals.py)
-            progress.render()
-
+        tick = progress.render if sigterm is None else sigterm.checking(progress.render)
         try:
             result = queue.wait(self.cell, tick=tick)
+        except KeyboardInterrupt:
+            if sigterm is not None:
+                sigterm.reached()
+            raise
         finally:
             progress.finished(self.cell.id)
             progress.clear()

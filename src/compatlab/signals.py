@@ -18,9 +18,11 @@ with no handler of ours, the default action: the process ends, cleanup done).
 Signal handlers belong to the main thread: elsewhere nothing is installed or held back.
 
 A handler's exception can be lost: raised while the main thread runs a weakref callback, a
-``__del__`` or the garbage collector, it is "unraisable" and Python drops it. The runner's
-waits call :meth:`SigtermInterrupts.check` between their polls, which raises a lost SIGTERM again.
-(Python's own Ctrl-C handler has the same gap; a second Ctrl-C gets through.)
+``__del__`` or the garbage collector, it is "unraisable" and Python drops it. The runner's wait
+for a cell calls :meth:`SigtermInterrupts.check` between its polls, which raises a lost SIGTERM
+again. A SIGTERM lost anywhere else (collection, between two cells, writing the report) is not
+raised again: the run finishes with exit status 0 and later SIGTERMs ignored. Python's own
+Ctrl-C handler has the same gap; a second Ctrl-C gets through.
 
 A signal's exception is raised wherever the main thread is, and on Python 3.11 that can be an
 instruction without a line number (its traceback entry's ``tb_lineno`` is None). pytest cannot
@@ -78,7 +80,7 @@ class SigtermInterrupts:
         self._previous: _Handler = None
         self._installed = False
         self.stopping = False
-        self._delivered = False
+        self._through = False  # the stop reached the wait for a cell (raised there or left it)
 
     def install(self) -> bool:
         """Install the handler; False (and nothing done) outside the main thread."""
@@ -107,13 +109,25 @@ class SigtermInterrupts:
         A handler runs between two instructions of the main thread, wherever that is. In a
         weakref callback, a ``__del__`` or the garbage collector, an exception is
         "unraisable": Python prints it and drops it, and the run went on with its stop ignored
-        (later SIGTERMs too, since the run is "stopping"). The runner's waits for a cell call
-        this between their polls, so a lost stop is raised again within one poll. At most
-        once: a stop that did get through ends the session's waits, and the cleanup after it
-        is never cut short by this."""
-        if self.stopping and not self._delivered:
-            self._delivered = True
+        (later SIGTERMs too, since the run is "stopping"). The runner's wait for a cell calls
+        this between its polls (:meth:`checking`), so a lost stop is raised again within one
+        poll -- once: not after :meth:`reached`, so never in the cleanup after the stop."""
+        if self.stopping and not self._through:
+            self._through = True
             raise Terminated
+
+    def reached(self) -> None:
+        """A stop left the runner's wait for a cell: it got through, nothing to raise again."""
+        self._through = True
+
+    def checking(self, tick: Callable[[], None]) -> Callable[[], None]:
+        """``tick`` after :meth:`check`: what the wait for a cell calls between its polls."""
+
+        def checked() -> None:
+            self.check()
+            tick()
+
+        return checked
 
 
 @contextlib.contextmanager

@@ -67,6 +67,54 @@ def test_sigterm_raises_terminated_a_keyboard_interrupt_once() -> None:
     ]
 
 
+def test_a_sigterm_lost_in_a_weakref_callback_is_raised_again_once_at_the_next_check() -> None:
+    result = child(
+        """
+        import os, signal, sys, weakref
+        from compatlab.signals import SigtermInterrupts, Terminated
+        sys.unraisablehook = lambda u: print("dropped:", type(u.exc_value).__name__, flush=True)
+        handler = SigtermInterrupts()
+        assert handler.install()
+        class Gone: pass
+        gone = Gone()
+        ref = weakref.ref(gone, lambda _: os.kill(os.getpid(), signal.SIGTERM))
+        del gone  # the callback runs now; the handler raises in it; Python drops that
+        print("went on", flush=True)
+        try:
+            handler.check()
+        except Terminated:
+            print("raised again", flush=True)
+        handler.check()  # once only
+        print("quiet", flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["dropped: Terminated", "went on", "raised again", "quiet"]
+
+
+def test_a_sigterm_that_got_through_is_not_raised_again() -> None:
+    result = child(
+        """
+        import os, signal, time
+        from compatlab.signals import SigtermInterrupts, Terminated
+        handler = SigtermInterrupts()
+        assert handler.install()
+        ticks = []
+        tick = handler.checking(lambda: ticks.append(1))
+        tick()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Terminated:
+            handler.reached()  # as the runner's wait does when the stop leaves it
+        tick()  # a wait in the cleanup after the stop: not cut short
+        print(len(ticks), flush=True)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["2"]
+
+
 def test_stop_signals_are_held_back_until_the_cleanup_is_done() -> None:
     result = child(
         """
