@@ -53,10 +53,8 @@ def default_capacity(configured: Capacity | None, *, share: int = 1) -> Capacity
         base = replace(configured, labels=configured.labels | frozenset(labels))
     if share <= 1:
         return base
-    return Capacity(
-        vcpus=max(1, base.vcpus // share),
-        memory_mib=max(1, base.memory_mib // share),
-        labels=base.labels,
+    return replace(
+        base, vcpus=max(1, base.vcpus // share), memory_mib=max(1, base.memory_mib // share)
     )
 
 
