@@ -14,7 +14,9 @@ cells:
 
 Then, with no VM, the cache hit itself: computing the key, finding and locking the layer, making
 the overlay on it and copying its UEFI variables and TPM state (``hit_overhead``), N times per
-layer.
+layer. A memory layer's cell then copies its save image under its own name and libvirt restores
+it: those seconds are read from the warm run's own ``memory_restored`` notes and added
+(``hit_with_restore``).
 
 Per cell and run: seconds, verdict, attribution, crash signature (the three must not differ
 between runs), seconds before the candidate's install, and every second attributed
@@ -74,6 +76,7 @@ def pytest_run(
             "attribution": cell.get("attribution"),
             "signature": (cell.get("bugcheck") or {}).get("signature"),
             "before_install_seconds": before_install(cell),
+            "restores": _restores(cell),
             "vms": sorted(label or "cell" for label in vm_timelines(cell["events"])),
             "attributed_seconds": seconds,
         }
@@ -84,6 +87,18 @@ def pytest_run(
         "cells": cells,
         "report": str(report),
     }
+
+
+def _restores(cell: dict[str, Any]) -> list[dict[str, float]]:
+    """Each VM of the cell that started from a memory layer: its copy and restore seconds."""
+    return [
+        {
+            "copy_seconds": float(e["data"]["copy_seconds"]),
+            "restore_seconds": float(e["data"]["restore_seconds"]),
+        }
+        for e in cell["events"]
+        if e["kind"] == "memory_restored" and "data" in e
+    ]
 
 
 def _bake(matrix: Path) -> float:
@@ -187,6 +202,27 @@ def main() -> int:
     runs.append(pytest_run("warm", matrices, args.select, folder))
     by = {r["run"]: r for r in runs}
     hit = hit_overhead(matrices, set(by["warm"]["cells"]), args.trials)
+    restores = [r for c in by["warm"]["cells"].values() for r in c["restores"]]
+    copy_restore = [r["copy_seconds"] + r["restore_seconds"] for r in restores]
+    hit["hit_with_restore"] = {
+        "what": "the hit without a VM (median), plus a memory layer's copy under the cell's name "
+        "and libvirt's restore, per VM of the warm run that restored one",
+        "restores": len(restores),
+        "copy_seconds_median": (
+            round(statistics.median(r["copy_seconds"] for r in restores), 3) if restores else None
+        ),
+        "restore_seconds_median": (
+            round(statistics.median(r["restore_seconds"] for r in restores), 3)
+            if restores
+            else None
+        ),
+        "seconds": {
+            "median": round(hit["seconds"]["median"] + statistics.median(copy_restore), 3),
+            "max": round(hit["seconds"]["median"] + max(copy_restore), 3),
+        }
+        if restores
+        else hit["seconds"],
+    }
 
     # Per pass cell (a pass in both runs): its warm seconds over its scratch seconds.
     shares = [
@@ -233,9 +269,9 @@ def main() -> int:
                 "met": speedup >= 3.0,
             },
             "hit_overhead_seconds": {
-                "target": "< 0.5",
-                "measured": hit["seconds"]["median"],
-                "met": hit["seconds"]["max"] < 0.5,
+                "target": "< 0.5 (lookup, layer chain, restore)",
+                "measured": hit["hit_with_restore"]["seconds"]["median"],
+                "met": hit["hit_with_restore"]["seconds"]["max"] < 0.5,
             },
         },
         "runs": runs,

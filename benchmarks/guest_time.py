@@ -8,7 +8,12 @@ began:
 
 - ``provision``: from the VM's ``provision`` phase to its ``started`` event: compatlab making the
   overlay (on the golden image or a cached layer), copying firmware and TPM state, defining and
-  starting the domain -- the *restore* of a cached start is in here;
+  starting the domain;
+- ``restore``: a start from a memory layer: copying and renaming its save image and libvirt's
+  restore (the seconds the ``memory_restored`` note gives, taken out of ``provision``), then
+  from ``started``/``restored`` to the channel's ``agent_ready``;
+- ``save``: a memory layer's builder saving the running guest (up to libvirt's
+  ``stopped``/``saved``, or the ``memory_saved`` note, whichever comes first);
 - ``boot``: from ``started`` or a ``reboot`` to the channel's ``agent_ready``;
 - ``shutdown``: from a ``reboot_requested``/``shutdown_requested`` to the ``reboot``/``stopped``
   that follows: the guest's own shutdown;
@@ -29,7 +34,17 @@ from typing import Any
 
 __all__ = ["ACTIVITIES", "attribute", "before_install", "vm_timelines"]
 
-ACTIVITIES = ("provision", "boot", "shutdown", "bake", "install", "checks", "overhead")
+ACTIVITIES = (
+    "provision",
+    "restore",
+    "boot",
+    "shutdown",
+    "save",
+    "bake",
+    "install",
+    "checks",
+    "overhead",
+)
 _INSTALLING = {"products", "install", "rollback"}
 _BAKING = {"baseline", "boots"}
 _ECHO = 0.5  # libvirt reports one warm reset as two REBOOT events this close together
@@ -58,6 +73,9 @@ def _vm(events: list[Mapping[str, Any]], bake: float) -> dict[str, float]:
             continue
         # Close the slice in progress, splitting a bake off the front of an up guest's wait.
         span = max(t - since, 0.0)
+        saved = kind == "memory_saved" or (kind == "stopped" and event.get("detail") == "saved")
+        if saved and doing == "up":
+            doing = "save"  # the builder's last act: saving the guest it had up
         if doing == "up":
             take = min(span, max(bake - baked, 0.0))
             spent["bake"] += take
@@ -74,15 +92,23 @@ def _vm(events: list[Mapping[str, Any]], bake: float) -> dict[str, float]:
                 doing, baked = "up", 0.0
             else:
                 doing = _doing(phase)
+        elif kind == "started" and event.get("detail") == "restored":
+            doing, up = "restore", False
+        elif kind == "memory_restored":
+            data = event.get("data") or {}
+            moved = float(data.get("copy_seconds", 0)) + float(data.get("restore_seconds", 0))
+            moved = min(moved, spent["provision"])
+            spent["provision"] -= moved
+            spent["restore"] += moved
         elif kind in ("started", "reboot"):
             last_reboot = t if kind == "reboot" else last_reboot
             doing, up = "boot", False
-        elif kind == "agent_ready" and doing == "boot":
+        elif kind == "agent_ready" and doing in ("boot", "restore"):
             baked, up = 0.0, True
             doing = "up" if phase in _BAKING else _doing(phase)
         elif kind in ("reboot_requested", "shutdown_requested"):
             doing, up = "shutdown", False
-        elif kind == "stopped":
+        elif kind == "stopped" or saved:
             doing, up = "overhead", False
     return dict(spent)
 

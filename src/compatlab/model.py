@@ -212,6 +212,9 @@ class Boot:
     outcome: BootOutcome
     seconds: float
     phase: str = ""  # a Phase value: "provision", "baseline", "boots", "rollback", ...
+    #: The guest came back from a saved memory state (a cached layer's), not through a boot:
+    #: ``seconds`` is the restore's, to the channel's first answer.
+    restored: bool = False
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -221,6 +224,8 @@ class Boot:
         }
         if self.phase:
             out["phase"] = self.phase
+        if self.restored:
+            out["restored"] = True
         return out
 
 

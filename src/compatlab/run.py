@@ -61,6 +61,9 @@ class LabSettings:
     cache: bool = True
     #: Their size bound, least recently used evicted first; None: a quarter of the file system.
     cache_bytes: int | None = None
+    #: Layers keep the running baseline guest's memory where a cell allows it (``cache:
+    #: {memory: false}``: every cell boots its layer's disk).
+    cache_memory: bool = True
 
     def layer_store(self) -> LayerStore | None:
         """This host's layer cache, or None when the lab keeps none. libvirt's test:/// driver
@@ -73,7 +76,7 @@ class LabSettings:
                 bound = shutil.disk_usage(self.storage_root).total // 4
             except OSError:
                 bound = None  # no storage folder yet: the cell's own error will say so
-        return LayerStore(self.storage_root, max_bytes=bound)
+        return LayerStore(self.storage_root, max_bytes=bound, memory=self.cache_memory)
 
 
 # Tries of a cell the lab failed: past a few, the lab is down and more only delays the report.
@@ -90,6 +93,7 @@ def load_lab_settings(path: Path | None) -> LabSettings:
         scheduler: tcp://lab-scheduler:8786   # default: an engine embedded in the runner
         cache: {size: 50G}   # cached pre-candidate layers, least recently used evicted first
                              # (default: a quarter of the storage file system); cache: false
+                             # memory: false -- layers without the guest's memory state
 
     A remote hypervisor URI is refused: overlays, ISOs and logs are local files of whoever
     drives libvirt, so each hypervisor host runs ``compatlab worker`` and the controller names
@@ -122,7 +126,9 @@ def load_lab_settings(path: Path | None) -> LabSettings:
             vcpus=c["vcpus"].integer("vcpus", minimum=1, maximum=4096),
             memory_mib=c["memory"].integer("memory", minimum=64, maximum=64 * 1024 * 1024),
         )
-    cache, cache_bytes = _cache_setting(root["cache"]) if "cache" in root else (True, None)
+    cache, cache_bytes, cache_memory = (
+        _cache_setting(root["cache"]) if "cache" in root else (True, None, True)
+    )
     return LabSettings(
         uri=uri,
         storage_root=Path(root["storage"].text("storage")) if "storage" in root else DEFAULT_ROOT,
@@ -133,16 +139,21 @@ def load_lab_settings(path: Path | None) -> LabSettings:
         scheduler=root["scheduler"].text("scheduler") if "scheduler" in root else None,
         cache=cache,
         cache_bytes=cache_bytes,
+        cache_memory=cache_memory,
     )
 
 
-def _cache_setting(node: Node) -> tuple[bool, int | None]:
-    """``cache: false`` / ``cache: true`` / ``cache: {size: 50G}``."""
+def _cache_setting(node: Node) -> tuple[bool, int | None, bool]:
+    """``cache: false`` / ``cache: true`` / ``cache: {size: 50G, memory: false}``."""
     if not node.is_mapping():
-        return node.flag("cache"), None
-    size = node.mapping("cache", required=("size",))["size"]
+        return node.flag("cache"), None, True
+    fields = node.mapping("cache", optional=("size", "memory"))
+    memory = fields["memory"].flag("memory") if "memory" in fields else True
+    if "size" not in fields:
+        return True, None, memory
+    size = fields["size"]
     try:
-        return True, parse_size(size.text("size"))
+        return True, parse_size(size.text("size")), memory
     except ValueError as exc:
         raise size.error(str(exc)) from exc
 

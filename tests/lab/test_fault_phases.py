@@ -229,7 +229,8 @@ def outcome(cell: dict[str, Any]) -> tuple[str, str | None, str | None]:
 @pytest.fixture(scope="module")
 def cached(lab_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """The July 2024 shape and the crashing uninstaller from an empty cache of their own: each
-    configuration's layer is built by a builder VM, then the cell starts from it. (Reusing a
+    configuration's layer is built by a builder VM, then the cell starts from it (restored
+    from the layer's memory state: these guests are reached through their agent). (Reusing a
     layer in a later run is the store's: tests/unit/test_cache_store.py and
     test_layer_cells.py; a builder whose baseline crashes: test_layer_cells.py.) The folder
     goes at the end."""
@@ -258,4 +259,10 @@ def test_a_cached_start_gives_the_verdicts_a_fresh_one_gives(faults: Run, cached
         assert any(s.startswith("from cached layer ") for s in started), cell["events"][:5]
         built = [e for e in cell["events"] if e["source"].startswith("attempt-1-layer/")]
         assert built, "no builder VM ran for an empty cache"
+        # Agent guests: the builder saved its running guest and the cell restored it -- no boot
+        # before the candidate's, the clock set from the host's.
+        assert [e for e in built if e["kind"] == "memory_saved"], "the builder saved no memory"
+        assert events(cell, "memory_restored"), cell["events"][:8]
+        assert events(cell, "clock_set")
+        assert cell["boots"][0].get("restored") is True, cell["boots"][:2]
     assert leftover_domains(SYSTEM_URI, cached.run_id) == []

@@ -117,10 +117,18 @@ def test_the_provisioning_version_changes_the_key() -> None:
     assert cache_key(inputs(provision_version=PROVISION_VERSION + 1)) != cache_key(inputs())
 
 
+def test_a_memory_layer_and_its_hypervisor_change_the_key() -> None:
+    # A QEMU migration stream loads only into a QEMU that reads it: an upgraded host builds
+    # its memory layers again rather than failing their restores; a disk layer is another key.
+    disk = cache_key(inputs())
+    memory = cache_key(inputs(memory="libvirt 9.0.0, QEMU 7.2.0"))
+    assert len({disk, memory, cache_key(inputs(memory="libvirt 9.0.0, QEMU 8.0.0"))}) == 3
+
+
 def test_key_inputs_survive_the_manifest_round_trip() -> None:
-    original = inputs()
-    again = KeyInputs.from_json(json.loads(json.dumps(original.to_json())))
-    assert cache_key(again) == cache_key(original)
+    for original in (inputs(), inputs(memory="libvirt 9.0.0, QEMU 7.2.0")):
+        again = KeyInputs.from_json(json.loads(json.dumps(original.to_json())))
+        assert cache_key(again) == cache_key(original)
 
 
 # -- the golden image's digest ------------------------------------------------------------------

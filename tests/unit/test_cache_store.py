@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from compatlab.cache import KeyInputs, LayerStore, ProductInput, cache_key
-from compatlab.cache.store import LAYER_DISK, MANIFEST, TPM_STATE, UEFI_VARS
+from compatlab.cache.store import LAYER_DISK, MANIFEST, MEMORY_STATE, TPM_STATE, UEFI_VARS
 from compatlab.errors import StorageError
 
 INPUTS = KeyInputs(
@@ -37,27 +37,31 @@ OTHER_KEYS = [cache_key(KeyInputs({"disk": str(n)}, {}, ())) for n in range(3)]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_layer(folder: Path, *, padding: int = 0) -> None:
-    """What a layer build leaves: the disk, UEFI variables and TPM state."""
+def write_layer(folder: Path, *, padding: int = 0, memory: bool = False) -> None:
+    """What a layer build leaves: the disk, UEFI variables and TPM state (and with ``memory``
+    a file that starts as a libvirt save image does)."""
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", str(folder / LAYER_DISK), "16M"], check=True
     )
     (folder / UEFI_VARS).write_bytes(b"\x01" * (128 * 1024 + padding))
     (folder / TPM_STATE).mkdir()
     (folder / TPM_STATE / "tpm2-00.permall").write_bytes(b"\x02" * 4096)
+    if memory:
+        (folder / MEMORY_STATE).write_bytes(b"LibvirtQemudSave" + b"\x03" * 4096)
 
 
 class Builder:
     """Counts its builds; returns a baseline boot time."""
 
-    def __init__(self, seconds: float = 12.5, padding: int = 0) -> None:
+    def __init__(self, seconds: float = 12.5, padding: int = 0, memory: bool = False) -> None:
         self.calls = 0
         self.seconds = seconds
         self.padding = padding
+        self.memory = memory
 
     def __call__(self, folder: Path) -> float:
         self.calls += 1
-        write_layer(folder, padding=self.padding)
+        write_layer(folder, padding=self.padding, memory=self.memory)
         return self.seconds
 
 
@@ -255,6 +259,11 @@ def _no_tpm_state(folder: Path) -> None:
     (folder / TPM_STATE / "tpm2-00.permall").unlink()
 
 
+def _memory_not_a_save_image(folder: Path) -> None:
+    with (folder / MEMORY_STATE).open("r+b") as handle:
+        handle.write(b"\0" * 16)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -264,6 +273,7 @@ def _no_tpm_state(folder: Path) -> None:
         (_no_disk, "missing layer.qcow2"),
         (_not_qcow2, "not qcow2"),
         (_no_tpm_state, "missing tpm/tpm2-00.permall"),
+        (_memory_not_a_save_image, "memory.save that is not a libvirt save image"),
     ],
 )
 def test_a_damaged_layer_is_rebuilt_with_a_message(
@@ -273,9 +283,9 @@ def test_a_damaged_layer_is_rebuilt_with_a_message(
     message: str,
 ) -> None:
     store = LayerStore(tmp_path)
-    build = Builder()
-    with store.use(KEY, INPUTS, build):
-        pass
+    build = Builder(memory=True)
+    with store.use(KEY, INPUTS, build) as layer:
+        assert layer.memory == layer.folder / MEMORY_STATE
     damage(tmp_path / "cache" / KEY)
     [entry] = store.entries()
     assert entry.manifest is None and entry.problem is not None and message in entry.problem
@@ -290,6 +300,32 @@ def test_a_damaged_layer_is_rebuilt_with_a_message(
     assert message in caplog.text
     [entry] = store.entries()
     assert entry.manifest is not None
+
+
+def test_a_layer_a_cell_could_not_restore_is_built_again_by_the_next_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = LayerStore(tmp_path)
+    build = Builder(memory=True)
+    with store.use(KEY, INPUTS, build):
+        # Marked while in use (under the shared lock): the files stay for whoever holds it.
+        with caplog.at_level(logging.WARNING, logger="compatlab.cache"):
+            store.condemn(KEY, "libvirt could not restore memory.save: bad stream")
+        assert (tmp_path / "cache" / KEY / MEMORY_STATE).is_file()
+    assert "marked damaged: libvirt could not restore" in caplog.text
+    with store.use(KEY, INPUTS, build) as layer:
+        assert layer.built
+        assert layer.rebuilt_because == (
+            "was marked damaged: libvirt could not restore memory.save: bad stream"
+        )
+    with store.use(KEY, INPUTS, build) as layer:  # the new layer carries no mark
+        assert not layer.built
+    assert build.calls == 2
+
+
+def test_a_layer_without_memory_state_is_booted(tmp_path: Path) -> None:
+    with LayerStore(tmp_path).use(KEY, INPUTS, Builder()) as layer:
+        assert layer.memory is None
 
 
 def test_a_missing_cache_folder_is_built_without_complaint(

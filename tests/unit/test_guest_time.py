@@ -53,8 +53,10 @@ def test_every_second_is_attributed_and_they_add_up_to_the_cells() -> None:
     spent = attribute({"events": BUILDER + CELL, "seconds": 75.0}, bake=5.0)
     assert spent == {
         "provision": 1.5,  # 1.0 builder + 0.5 cell: overlay, seeding, define, start
+        "restore": 0.0,
         "boot": 40.0,  # builder 10 + 10; cell 10 from the layer + 10
         "shutdown": 7.0,  # builder: its reboot 2 s, its clean power-off 3 s; cell: 2 s
+        "save": 0.0,
         "bake": 10.0,  # the cell's baseline bake right after its first boot, and boot 1's
         "install": 6.0,  # products 3 s (builder), candidate 3 s
         "checks": 5.0,  # baseline health 2 s, 1 s after boot 1's bake, the checks phase 2 s
@@ -67,3 +69,35 @@ def test_time_before_the_install_counts_the_builder() -> None:
     assert before_install({"events": BUILDER + CELL}) == 29.0 + 17.5
     assert before_install({"events": CELL}) == 17.5
     assert before_install({"events": BUILDER}) is None
+
+
+# A memory layer: the builder saves its running guest; the cell restores it and never boots
+# before the candidate.
+MEMORY_BUILDER = [*BUILDER[:9], ev(28.0, "attempt-1-layer/libvirt", "stopped", "saved")]
+MEMORY_BUILDER.append(
+    {**ev(28.1, "attempt-1-layer/scenario", "memory_saved", "memory state saved in 2.0 s")}
+)
+MEMORY_CELL = [
+    ev(0.0, "scenario", "phase", "provision"),
+    ev(0.0, "scenario", "cached_layer", "from cached layer 0123"),
+    ev(0.8, "libvirt", "started", "restored"),
+    {
+        **ev(0.85, "scenario", "memory_restored", "restored"),
+        "data": {"copy_seconds": "0.050", "restore_seconds": "0.600"},
+    },
+    ev(1.0, "channel", "agent_ready"),
+    ev(1.0, "scenario", "phase", "products"),
+    ev(1.0, "scenario", "phase", "baseline"),
+    ev(8.0, "scenario", "phase", "install"),  # 5 s bake, then 2 s of health checks
+    ev(10.0, "scenario", "phase", "rollback"),
+]
+
+
+def test_a_memory_layers_save_and_restore_are_their_own_activities() -> None:
+    spent = attribute({"events": MEMORY_BUILDER + MEMORY_CELL, "seconds": 40.0}, bake=5.0)
+    assert spent["save"] == 2.0  # from the builder's completed baseline boot to stopped/saved
+    assert spent["restore"] == 0.85  # copy and restore 0.65, then 0.2 resumed to the agent
+    assert spent["provision"] == 1.15  # the builder 1.0; the cell 0.15: overlay, define
+    assert spent["boot"] == 20.0  # the builder's two boots; the cell booted none
+    assert spent["bake"] == 5.0 and spent["checks"] == 2.0
+    assert round(sum(spent.values()), 2) == 40.0

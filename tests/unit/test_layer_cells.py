@@ -226,6 +226,10 @@ def test_the_lab_keeps_a_bounded_cache_unless_told_not_to(tmp_path: Path) -> Non
     lab.write_text(f"storage: {tmp_path}\n")
     default = load_lab_settings(lab).layer_store()
     assert default is not None and default.max_bytes is not None and default.max_bytes > 0
+    assert default.memory  # memory layers where a cell allows them, unless told not to
+    lab.write_text(f"storage: {tmp_path}\ncache: {{memory: false}}\n")
+    no_memory = load_lab_settings(lab).layer_store()
+    assert no_memory is not None and not no_memory.memory and no_memory.max_bytes
     lab.write_text("cache: false\n")
     assert load_lab_settings(lab).layer_store() is None
 
@@ -236,6 +240,7 @@ def test_the_lab_keeps_a_bounded_cache_unless_told_not_to(tmp_path: Path) -> Non
         ("cache: {size: lots}\n", r"lab\.yaml:1:.*'lots' is not a size"),
         ("cache: off\n", r"lab\.yaml:1:.*must be true or false"),
         ("cache: {bound: 2G}\n", r"lab\.yaml:1:.*unknown key 'bound' in cache"),
+        ("cache:\n  size: 2G\n  memory: no\n", r"lab\.yaml:3:.*must be true or false"),
     ],
 )
 def test_a_bad_cache_setting_names_its_line(tmp_path: Path, text: str, said: str) -> None:

@@ -749,3 +749,39 @@ def test_boot_loop_decided_exactly_at_the_nth_crash_in_a_row(
     else:
         assert watcher.outcome is not None and watcher.outcome.kind == "boot_loop"
         assert watcher.outcome.t == expected_at
+
+
+# -- a start from a saved memory state (a cached layer's, issue 12) -----------------------------
+
+
+def test_a_restore_is_watched_like_a_boot_and_said_to_be_one() -> None:
+    watcher = BootWatcher(phase="provision")
+    found = watcher.feed_all(
+        [
+            ev(0.70, "started", detail="restored"),
+            ev(0.71, "resumed", detail="from_snapshot"),
+            ready(1.00),
+            ev(20.0, "reboot"),
+            ready(38.0),
+        ]
+    )
+    assert kinds(found) == ["boot_completed", "boot_completed"]
+    first, second = watcher.boots
+    assert first.restored and round(first.seconds, 2) == 0.30
+    assert first.as_json()["restored"] is True
+    assert not second.restored and "restored" not in second.as_json()
+
+
+def test_a_guest_that_crashes_as_it_comes_back_from_its_memory_state_has_crashed() -> None:
+    watcher = BootWatcher(BootPolicy(boot_timeout=90, loop_threshold=3), phase="provision")
+    found = watcher.feed_all(
+        [ev(0.70, "started", detail="restored"), ev(1.50, "crashed", detail="panicked")]
+    )
+    assert kinds(found) == ["crash"]
+    assert watcher.boots[0].outcome == "crash" and watcher.boots[0].restored
+
+
+def test_a_restored_guest_whose_channel_never_answers_hangs_at_the_boot_timeout() -> None:
+    watcher = BootWatcher(BootPolicy(boot_timeout=90), phase="provision")
+    found = watcher.feed_all([ev(0.70, "started", detail="restored"), tick(91.0)])
+    assert kinds(found) == ["hang"] and watcher.boots[0].restored

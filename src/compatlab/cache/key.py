@@ -11,7 +11,10 @@ hash of exactly that:
   describe the same VM build the same state);
 - each product's payload digest and install command, in install order (installing A then B
   need not leave what B then A leaves);
-- :data:`PROVISION_VERSION`, compatlab's own provisioning steps.
+- :data:`PROVISION_VERSION`, compatlab's own provisioning steps;
+- for a layer that keeps the running guest's memory (``memory``), the hypervisor's versions:
+  a QEMU migration stream loads only into the QEMU that can read it, so an upgraded host
+  builds its layers again instead of failing a restore.
 
 Nothing here reads a file: :mod:`compatlab.cache.digest` computes the digests.
 """
@@ -38,7 +41,7 @@ __all__ = [
 
 #: Bump whenever compatlab changes what it does to a guest before the candidate (provisioning,
 #: product install steps, the baseline boot's checks): every cached layer then misses.
-PROVISION_VERSION = 1
+PROVISION_VERSION = 2  # 2: the builder may save the running guest instead of shutting down
 
 #: Hex digits of SHA-256 kept in a key: 128 bits, folder names stay short enough to read.
 KEY_LENGTH = 32
@@ -65,6 +68,9 @@ class KeyInputs:
     hardware: Mapping[str, Any]
     products: tuple[ProductInput, ...]
     provision_version: int = PROVISION_VERSION
+    #: The hypervisor whose QEMU saved the layer's memory state ("libvirt 9.0.0, QEMU 7.2.0");
+    #: empty for a layer of disk and firmware state only, which a cell boots.
+    memory: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +78,7 @@ class KeyInputs:
             "hardware": dict(sorted(self.hardware.items())),
             "products": [dataclasses.asdict(product) for product in self.products],
             "provision_version": self.provision_version,
+            "memory": self.memory,
         }
 
     @classmethod
@@ -86,6 +93,7 @@ class KeyInputs:
             hardware=dict(data["hardware"]),
             products=products,
             provision_version=int(data["provision_version"]),
+            memory=str(data.get("memory", "")),
         )
 
 

@@ -7,6 +7,8 @@ Layout, under the lab's storage root (``/var/lib/compatlab`` unless told otherwi
             layer.qcow2         its manifest's last-used time
             VARS.fd             UEFI variables (UEFI profiles)
             tpm/                the software TPM's state folder (TPM profiles)
+            memory.save         the running baseline guest, saved by libvirt (memory layers)
+            DAMAGED             written when a cell could not restore the layer: built again
             manifest.json       key inputs, baseline boot seconds, file sizes, created, last used
         .locks/<key>.lock       one per key, never removed (see below)
         .tmp/<key>.<random>/    a layer being built, or one being removed
@@ -25,8 +27,10 @@ Why it is safe:
 - *A layer in use is never evicted.* ``prune`` takes the exclusive lock without waiting and
   skips a layer whose lock it cannot get.
 - *A damaged layer is absent.* A missing or unreadable manifest, a missing file or one of the
-  wrong size, or a disk that is not qcow2, is logged with what is wrong and the layer is built
-  again: a damaged cache is never a verdict on the candidate.
+  wrong size, a disk that is not qcow2, a memory state that is not a libvirt save image, or a
+  layer a cell marked ``DAMAGED`` (:meth:`LayerStore.condemn`: its restore failed) is logged
+  with what is wrong and the layer is built again: a damaged cache is never a verdict on the
+  candidate.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from compatlab.errors import StorageError
 __all__ = [
     "LAYER_DISK",
     "MANIFEST",
+    "MEMORY_STATE",
     "TPM_STATE",
     "UEFI_VARS",
     "BuildLayer",
@@ -69,6 +74,9 @@ LAYER_DISK = "layer.qcow2"
 UEFI_VARS = "VARS.fd"
 TPM_STATE = "tpm"
 MANIFEST = "manifest.json"
+MEMORY_STATE = "memory.save"
+DAMAGED = "DAMAGED"
+_SAVE_MAGIC = b"LibvirtQemudSave"
 _SCHEMA = 1
 _QCOW2_MAGIC = b"QFI\xfb"
 _KEY = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
@@ -145,6 +153,11 @@ class Layer:
         path = self.folder / TPM_STATE
         return path if path.is_dir() else None
 
+    @property
+    def memory(self) -> Path | None:
+        """The saved running guest a cell restores instead of booting; None: boot the disk."""
+        return self.folder / MEMORY_STATE if MEMORY_STATE in self.manifest.files else None
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -204,7 +217,9 @@ class LayerStore:
     """The ``cache/`` folder under a lab storage root.
 
     ``max_bytes`` bounds the cache: after a build, least recently used layers not in use are
-    evicted until it fits. ``now`` is the clock for created / last used.
+    evicted until it fits. ``memory``: builders may keep the running guest's memory state
+    (``compatlab.scenario.layers`` says which cells). ``now`` is the clock for created / last
+    used.
     """
 
     def __init__(
@@ -212,10 +227,12 @@ class LayerStore:
         storage_root: Path,
         *,
         max_bytes: int | None = None,
+        memory: bool = True,
         now: Callable[[], datetime] = _now,
     ) -> None:
         self.root = Path(storage_root) / "cache"
         self.max_bytes = max_bytes
+        self.memory = memory
         self._now = now
 
     # -- using a layer ----------------------------------------------------------------------
@@ -292,6 +309,14 @@ class LayerStore:
             return None, f"has an unreadable {MANIFEST} ({exc})"
         if manifest.key != key:
             return None, f"has the manifest of {manifest.key}"
+        try:
+            damaged = (folder / DAMAGED).read_text(encoding="utf-8", errors="replace").strip()
+        except FileNotFoundError:
+            damaged = None
+        except OSError as exc:
+            damaged = f"cannot be read ({exc})"
+        if damaged is not None:
+            return None, f"was marked damaged: {damaged}"
         if LAYER_DISK not in manifest.files:
             return None, f"lists no {LAYER_DISK}"
         for name, size in manifest.files.items():
@@ -309,7 +334,30 @@ class LayerStore:
             return None, f"cannot read {LAYER_DISK} ({exc})"
         if magic != _QCOW2_MAGIC:
             return None, f"has a {LAYER_DISK} that is not qcow2"
+        if MEMORY_STATE in manifest.files:
+            try:
+                with (folder / MEMORY_STATE).open("rb") as handle:
+                    magic = handle.read(len(_SAVE_MAGIC))
+            except OSError as exc:
+                return None, f"cannot read {MEMORY_STATE} ({exc})"
+            if magic != _SAVE_MAGIC:
+                return None, f"has a {MEMORY_STATE} that is not a libvirt save image"
         return manifest, None
+
+    def condemn(self, key: str, why: str) -> None:
+        """Mark the published layer ``key`` damaged: the next use builds it again.
+
+        For what only using a layer shows (libvirt could not restore its memory state). Safe
+        under the shared lock a user holds: the layer's files stay as they are until the next
+        builder, holding the exclusive lock, replaces them. A marker that cannot be written is
+        logged; the layer is then tried again, and fails again as a lab failure."""
+        self._check_key(key)
+        try:
+            (self.root / key / DAMAGED).write_text(why + "\n", encoding="utf-8")
+        except OSError as exc:
+            log.warning("compatlab: cannot mark cached layer %s damaged: %s", key, exc)
+            return
+        log.warning("compatlab: cached layer %s marked damaged: %s", key, why)
 
     def _touch(self, key: str, manifest: Manifest) -> Manifest:
         """Record the use for LRU eviction; a manifest that cannot be rewritten only warns."""

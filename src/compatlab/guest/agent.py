@@ -178,6 +178,15 @@ class AgentChannel:
     def _error(self, message: str) -> GuestError:
         return GuestError(message, channel=_CHANNEL, domain=self._domain_name)
 
+    def set_time(self) -> float:
+        """Set the guest's clock to the host's now (``guest-set-time``); returns by how many
+        seconds the guest was ahead (negative: behind) just before. For a guest restored from
+        a saved memory state, whose clock comes back where it was saved."""
+        guest = self._call("guest-get-time", timeout=self.call_timeout)
+        host = time.time_ns()
+        self._call("guest-set-time", {"time": time.time_ns()}, timeout=self.call_timeout)
+        return (int(guest) - host) / 1e9
+
     # -- Channel ------------------------------------------------------------------------------
 
     def ping(self, timeout: float) -> bool:

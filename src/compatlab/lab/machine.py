@@ -49,6 +49,7 @@ from compatlab.lab.console import (
     save_screen,
 )
 from compatlab.lab.events import DomainWatch
+from compatlab.lab.saveimage import read_header, restore_definition
 from compatlab.lab.states import DomainState
 from compatlab.model import Event
 from compatlab.signals import stop_signals_deferred
@@ -181,6 +182,34 @@ class Machine:
         if self._log_offset is None:
             self._log_offset = self._log_size()
         self._create("starting the domain")
+
+    def save(self, path: Path) -> None:
+        """Save the running guest's memory to ``path`` (``virDomainSave``): the domain stops,
+        its disk flushed, and the file restores it where it was. For a cached layer's builder."""
+        with self._call("saving the domain's memory state"):
+            self.domain.save(str(path))
+
+    def restore(self, image: Path) -> None:
+        """Start the domain from the save image ``image`` instead of booting it.
+
+        ``image`` must carry this domain's name and UUID (:func:`~compatlab.lab.saveimage.
+        renamed_copy`). libvirt runs the saved definition with this domain's identity, files
+        and metadata (:func:`~compatlab.lab.saveimage.restore_definition`), and checks it is
+        the same virtual hardware as the saved one. Raises HypervisorError or StorageError.
+        """
+        self.define()
+        if self._log_offset is None:
+            self._log_offset = self._log_size()
+        saved = read_header(image).xml
+        with self._call("reading the domain's definition"):
+            mine = self.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        xml = restore_definition(saved, mine)
+        if self.console is not None:
+            self.console.open()
+        with self._call(f"restoring the domain from {image.name}"):
+            self.hypervisor.connection.restoreFlags(
+                str(image), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING
+            )
 
     def power_cycle(self) -> None:
         """Cold restart: destroy (if running, crashed or paused) and create again.

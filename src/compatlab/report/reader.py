@@ -85,6 +85,13 @@ class _Reader:
         """A number, or None where the key is missing or null."""
         return None if value.get(key) is None else self.number(value, key, where)
 
+    def opt_flag(self, value: Mapping[str, object], key: str, where: str) -> bool:
+        """A true/false that may be missing (false)."""
+        item = value.get(key, False)
+        if not isinstance(item, bool):
+            raise self.fail(f"{where}.{key}", f"expected true or false, got {type(item).__name__}")
+        return item
+
     def integer(self, value: Mapping[str, object], key: str, where: str) -> int:
         item = self.get(value, key, where)
         if isinstance(item, bool) or not isinstance(item, int):
@@ -166,6 +173,7 @@ def _boot(r: _Reader, value: object, where: str) -> Boot:
         outcome=outcome,
         seconds=r.number(b, "seconds", where),
         phase=r.opt_text(b, "phase", where),
+        restored=r.opt_flag(b, "restored", where),  # written since issue 12; optional
     )
 
 

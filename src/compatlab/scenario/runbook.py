@@ -17,7 +17,10 @@
 A VM that starts from a cached pre-candidate layer (``vm.start``, :mod:`compatlab.cache`) has
 its products installed already: its first boot, from the layer, is its baseline boot. The
 layer's builder (:func:`build_book`) runs provision, products and the baseline reboot, then shuts
-the guest down cleanly and hands its disk, UEFI variables and TPM state to the cache.
+the guest down cleanly and hands its disk, UEFI variables and TPM state to the cache. A memory
+layer's builder saves the running guest instead, and the cell restores it rather than booting:
+no boot at all before the candidate's. Its boot-time reference is then the builder's baseline
+boot, kept in the layer (:mod:`compatlab.scenario.layers`).
 
 A rerun without the candidate (``with_candidate=False``) runs the same book and skips install
 and rollback. Every phase is watched by the hypervisor: a failure of the guest in any of them
@@ -91,20 +94,28 @@ def _provision(vm: Session) -> float:
                 f"{made.created:%Y-%m-%d %H:%M} UTC; its baseline boot took "
                 f"{made.baseline_boot_seconds:.1f} s)",
             )
-        vm.machine.start()
+        restoring = vm.start is not None and vm.start.memory is not None
+        if restoring:
+            layers.restore(vm)  # watched like a boot, from libvirt's started/restored event
+        else:
+            vm.machine.start()
         # Ask the guest only once the hypervisor has said it started: an answer before that
         # would be dropped by the watcher, and the boot would never count as complete.
         vm.pump(lambda: vm.watcher.is_booting, limit=60.0)
         vm.probe.arm()
         try:
-            return vm.boot()
+            seconds = vm.boot()
+            if restoring:
+                layers.set_clock(vm)
+            return seconds
         except GuestFailed as failed:
             if vm.watcher.crashes:
                 raise  # the image crashes on this hardware: the configuration's failure
             vm.lab_owns_failure = True
             what = "the cached layer" if vm.start is not None else "the golden image"
+            how = "come back from its memory state" if restoring else "boot"
             raise LabError(
-                f"{what} did not boot: {failed.detail}",
+                f"{what} did not {how}: {failed.detail}",
                 host=vm.lab.hypervisor.host,
                 domain=vm.machine.name,
             ) from failed
@@ -153,7 +164,7 @@ def _build(vm: Session, folder: Path, built: list[float]) -> None:
     with vm.phase(Phase.BASELINE):
         seconds = _baseline_reboot(vm)
         vm.say("keeping the cached layer")
-        layers.capture(vm, folder)
+        layers.capture(vm, folder, memory=bool(layers.memory_wanted(vm.cell, vm.lab)))
         built.append(seconds)
 
 
@@ -170,7 +181,14 @@ def _phases(vm: Session) -> None:
     with vm.phase(Phase.BASELINE) as phase:
         # From a cached layer, the first boot was the configured guest's: the baseline boot,
         # measured here beside the candidate's boots (the builder's is in the layer's note).
-        baseline_seconds = first_boot if vm.start is not None else _baseline_reboot(vm)
+        # Restored from its memory state, the guest did not boot: the builder's baseline boot,
+        # kept with the layer, is the reference.
+        if vm.start is None:
+            baseline_seconds = _baseline_reboot(vm)
+        elif vm.start.memory is not None:
+            baseline_seconds = vm.start.manifest.baseline_boot_seconds
+        else:
+            baseline_seconds = first_boot
         # Like each boot with the candidate: up ``bake`` seconds, its cost sampled meanwhile.
         vm.say(f"baking {scenario.bake:g} s (baseline)")
         vm.bake(scenario.bake, measure=1)

@@ -132,6 +132,7 @@ class BootWatcher:
         self._state = _State.OFF
         self._next_n = first_boot
         self._start: float | None = None  # when the boot in progress started
+        self._restored = False  # the boot in progress is a restore from a saved memory state
         self._marker: Event | None = None  # the boot-complete line of the boot in progress
         self._boots: list[Boot] = []
         self._findings: list[Finding] = []
@@ -244,7 +245,9 @@ class BootWatcher:
                 self._state = _State.OFF
             # In DOWN: the crashed guest destroyed before a power cycle; stay DOWN.
         elif kind == "started" and state is not _State.BOOTING:
-            self._begin(event.t)
+            # A restore (detail 'restored') is watched like a boot: a crash, a hang or a dead
+            # channel before the guest answers count the same; its seconds are the restore's.
+            self._begin(event.t, restored=event.detail == "restored")
         elif kind == "boot_marker" and state is _State.BOOTING and self._marker is None:
             self._marker = event
         elif kind == "agent_ready" and state is _State.BOOTING:
@@ -309,17 +312,25 @@ class BootWatcher:
             found += self._final(Finding("boot_loop", event.t, detail, None, self.bugcheck))
         return found
 
-    def _begin(self, t: float) -> None:
+    def _begin(self, t: float, *, restored: bool = False) -> None:
         self._state = _State.BOOTING
         self._start = t
         self._marker = None
+        self._restored = restored
 
     def _close(self, outcome: BootOutcome, t: float) -> Boot:
         seconds = max(t - self._start, 0.0) if self._start is not None else 0.0
-        boot = Boot(n=self._next_n, outcome=outcome, seconds=seconds, phase=self.phase)
+        boot = Boot(
+            n=self._next_n,
+            outcome=outcome,
+            seconds=seconds,
+            phase=self.phase,
+            restored=self._restored,
+        )
         self._next_n += 1
         self._boots.append(boot)
         self._start = None
+        self._restored = False
         return boot
 
     def _note_bugcheck(self, bugcheck: Bugcheck) -> None:
