@@ -251,9 +251,22 @@ def orphaned_machine(tmp_path: Path) -> Iterator[Machine]:
     hv.close()
 
 
+def _save_image(folder: Path) -> Path:
+    """A save image as libvirt 9.0 lays one out (header, domain XML, no memory to speak of)."""
+    import struct
+
+    body = b"<domain type='test'><name>saved</name><uuid>u</uuid></domain>\0"
+    words = [2, len(body) + 64, 1, 0, 0] + [0] * 14
+    path = folder / "memory.save"
+    path.write_bytes(struct.pack("=16s19I", b"LibvirtQemudSave", *words) + body + b"\0" * 64)
+    return path
+
+
 # Each public Machine method with the arguments to call it with.
 MACHINE_CALLS: dict[str, Callable[[Machine, Path], Any]] = {
     "start": lambda m, _: m.start(),
+    "save": lambda m, tmp: m.save(tmp / "memory.save"),
+    "restore": lambda m, tmp: m.restore(_save_image(tmp)),
     "power_cycle": lambda m, _: m.power_cycle(),
     "restart_after_crash": lambda m, _: m.restart_after_crash(),
     "reset": lambda m, _: m.reset(),
