@@ -15,6 +15,7 @@ a crashed guest is an observation, recorded on a timeline and turned into a verd
      │    ├── HypervisorError                     libvirt unreachable, API call failed
      │    ├── ImageError                          golden image missing or unreadable
      │    └── StorageError                        overlay / ISO / NVRAM creation failed, disk full
+     │         └── SaveImageError                 a cached layer's memory state unusable
      └── GuestError(channel)                      a channel into the guest failed
           ├── GuestTimeout                        no answer within the time given
           └── GuestUnreachable                    the channel is not there at all
@@ -39,6 +40,7 @@ __all__ = [
     "LabError",
     "MatrixError",
     "PolicyError",
+    "SaveImageError",
     "StorageError",
 ]
 
@@ -127,6 +129,11 @@ class ImageError(LabError):
 
 class StorageError(LabError):
     """A cell's overlay disk, payload ISO or firmware state could not be made."""
+
+
+class SaveImageError(StorageError):
+    """A cached layer's saved memory state that cannot be read, renamed or restored as it is:
+    the layer is built again (never the cell's failure)."""
 
 
 class RunStopped(LabError):

@@ -16,6 +16,7 @@ __all__ = [
     "SEVERITY",
     "Attribution",
     "Boot",
+    "BootKind",
     "BootOutcome",
     "Bugcheck",
     "CellResult",
@@ -202,6 +203,11 @@ class Bugcheck:
 
 # "restart": a reset the candidate declared (its installer restarts the guest, ``reboots: N``).
 BootOutcome = Literal["completed", "crash", "reset", "hang", "watchdog", "restart"]
+#: ``boot``: the VM booted. ``restore``: it came back from a cached layer's saved memory state
+#: instead (``seconds``: the restore's, to the channel's first answer). ``layer``: the baseline
+#: boot of the builder that made the cell's cached layer, carried with the layer as the
+#: reference the candidate's boots are compared with (a VM restored from memory boots none).
+BootKind = Literal["boot", "restore", "layer"]
 
 
 @dataclass(frozen=True)
@@ -212,9 +218,7 @@ class Boot:
     outcome: BootOutcome
     seconds: float
     phase: str = ""  # a Phase value: "provision", "baseline", "boots", "rollback", ...
-    #: The guest came back from a saved memory state (a cached layer's), not through a boot:
-    #: ``seconds`` is the restore's, to the channel's first answer.
-    restored: bool = False
+    kind: BootKind = "boot"
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -224,8 +228,8 @@ class Boot:
         }
         if self.phase:
             out["phase"] = self.phase
-        if self.restored:
-            out["restored"] = True
+        if self.kind != "boot":
+            out["kind"] = self.kind
         return out
 
 

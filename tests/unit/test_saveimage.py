@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compatlab.errors import StorageError
+from compatlab.errors import SaveImageError, StorageError
 from compatlab.lab.saveimage import SAVE_MAGIC, read_header, renamed_copy, restore_definition
 
 XML = (
@@ -78,7 +78,7 @@ def test_an_image_without_a_cookie_is_renamed_too(tmp_path: Path) -> None:
 
 def test_a_name_that_does_not_fit_the_header_is_refused(tmp_path: Path) -> None:
     source = image(tmp_path / "memory.save", room=4)
-    with pytest.raises(StorageError, match="does not fit"):
+    with pytest.raises(SaveImageError, match="does not fit"):
         renamed_copy(source, tmp_path / "cell.save", name="x" * 100, uuid="u")
 
 
@@ -95,7 +95,7 @@ def test_what_is_not_a_plain_save_image_is_refused_by_name(
     tmp_path: Path, kwargs: dict[str, object], said: str
 ) -> None:
     source = image(tmp_path / "memory.save", **kwargs)  # type: ignore[arg-type]
-    with pytest.raises(StorageError, match=said) as caught:
+    with pytest.raises(SaveImageError, match=said) as caught:
         renamed_copy(source, tmp_path / "cell.save", name="n", uuid="u")
     assert "memory.save" in str(caught.value)
     assert not (tmp_path / "cell.save").exists()
@@ -104,7 +104,7 @@ def test_what_is_not_a_plain_save_image_is_refused_by_name(
 def test_a_cut_short_image_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "memory.save"
     source.write_bytes(SAVE_MAGIC + b"\0" * 10)
-    with pytest.raises(StorageError, match="too short"):
+    with pytest.raises(SaveImageError, match="too short"):
         read_header(source)
 
 
@@ -200,5 +200,31 @@ def test_the_restore_definition_is_the_saved_hardware_with_the_cells_identity_an
 
 def test_a_cell_that_is_not_the_saved_hardware_is_refused() -> None:
     no_cdrom = CELL.replace("device='cdrom'", "device='floppy'")
-    with pytest.raises(StorageError, match="no cdrom in one"):
+    with pytest.raises(SaveImageError, match="no cdrom in one"):
         restore_definition(SAVED, no_cdrom)
+
+
+def test_a_copy_that_cannot_be_written_is_the_storages_failure_not_the_images(
+    tmp_path: Path,
+) -> None:
+    source = image(tmp_path / "memory.save")
+    with pytest.raises(StorageError, match="cannot copy the save image") as caught:
+        renamed_copy(source, tmp_path / "no-such-folder" / "cell.save", name="n", uuid="u")
+    assert not isinstance(caught.value, SaveImageError)  # the layer is not to blame
+
+
+def test_namespaced_elements_keep_their_prefixes() -> None:
+    from compatlab.lab.owner import NS_URI
+
+    qemu = "http://libvirt.org/schemas/domain/qemu/1.0"
+    saved = SAVED.replace(
+        "<domain type='qemu'>", f"<domain type='qemu' xmlns:qemu='{qemu}'>"
+    ).replace("</devices>", "</devices>\n  <qemu:override><qemu:device alias='x'/></qemu:override>")
+    cell = CELL.replace('<c:cell xmlns:c="urn:x">', f'<compatlab:cell xmlns:compatlab="{NS_URI}">')
+    cell = cell.replace(
+        "<c:run>run2</c:run></c:cell>", "<compatlab:run>run2</compatlab:run></compatlab:cell>"
+    )
+    out = restore_definition(saved, cell)
+    assert "<qemu:override>" in out and "<compatlab:run>run2</compatlab:run>" in out
+    assert "ns0:" not in out and "ns1:" not in out
+    assert ET.fromstring(out).findtext(f"metadata/{{{NS_URI}}}cell/{{{NS_URI}}}run") == "run2"

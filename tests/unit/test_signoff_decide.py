@@ -267,3 +267,16 @@ def test_a_configuration_tested_by_two_matrices_counts_once_in_the_blast_radius(
     signoff = decide(policy(tmp_path, "rings: [{name: broad}]\n"), [one, again])
     assert len(signoff.failing) == 2
     assert signoff.failing_fleet.share == pytest.approx(0.3)
+
+
+def test_a_cell_restored_from_memory_is_compared_with_its_layers_baseline_boot() -> None:
+    # Found by review: filed under "baseline", the restore (0.3 s) made every candidate boot
+    # look 60x slower and failed every ring's boot_regression.
+    restored = cell("a/h1/av")
+    restored.boots = [
+        Boot(0, "completed", 20.0, "baseline", kind="layer"),
+        Boot(1, "completed", 0.3, "provision", kind="restore"),
+        Boot(2, "completed", 21.0, "boots"),
+        Boot(3, "completed", 24.0, "boots"),
+    ]
+    assert boot_ratio(restored) == (1.2, 24.0, 20.0)

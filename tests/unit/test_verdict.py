@@ -767,9 +767,23 @@ def test_a_restore_is_watched_like_a_boot_and_said_to_be_one() -> None:
     )
     assert kinds(found) == ["boot_completed", "boot_completed"]
     first, second = watcher.boots
-    assert first.restored and round(first.seconds, 2) == 0.30
-    assert first.as_json()["restored"] is True
-    assert not second.restored and "restored" not in second.as_json()
+    assert first.kind == "restore" and round(first.seconds, 2) == 0.30
+    assert first.as_json()["kind"] == "restore"
+    assert second.kind == "boot" and "kind" not in second.as_json()
+
+
+def test_the_layers_baseline_boot_is_carried_as_boot_0_and_compared_with() -> None:
+    watcher = BootWatcher(phase="provision")
+    watcher.feed_all([ev(0.70, "started", detail="restored"), ready(1.00)])
+    watcher.carry_layer_boot(23.9, "baseline")
+    watcher.phase = "boots"
+    watcher.feed_all([ev(5.0, "reboot"), ready(25.0)])
+    assert [(b.n, b.kind, b.phase) for b in watcher.boots] == [
+        (0, "layer", "baseline"),
+        (1, "restore", "provision"),
+        (2, "boot", "boots"),
+    ]
+    assert watcher.boots[0].seconds == 23.9 and watcher.boots[0].outcome == "completed"
 
 
 def test_a_guest_that_crashes_as_it_comes_back_from_its_memory_state_has_crashed() -> None:
@@ -778,10 +792,10 @@ def test_a_guest_that_crashes_as_it_comes_back_from_its_memory_state_has_crashed
         [ev(0.70, "started", detail="restored"), ev(1.50, "crashed", detail="panicked")]
     )
     assert kinds(found) == ["crash"]
-    assert watcher.boots[0].outcome == "crash" and watcher.boots[0].restored
+    assert watcher.boots[0].outcome == "crash" and watcher.boots[0].kind == "restore"
 
 
 def test_a_restored_guest_whose_channel_never_answers_hangs_at_the_boot_timeout() -> None:
     watcher = BootWatcher(BootPolicy(boot_timeout=90), phase="provision")
     found = watcher.feed_all([ev(0.70, "started", detail="restored"), tick(91.0)])
-    assert kinds(found) == ["hang"] and watcher.boots[0].restored
+    assert kinds(found) == ["hang"] and watcher.boots[0].kind == "restore"

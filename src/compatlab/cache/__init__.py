@@ -3,8 +3,9 @@ products' installs and a clean baseline boot, kept on the lab host so later cell
 reruns and later runs with the same content key start from it.
 
 :mod:`~compatlab.cache.key` makes the key (pure), :mod:`~compatlab.cache.digest` computes the
-digests it is made of, :mod:`~compatlab.cache.store` keeps the layers on disk (atomic publish,
-one build per key, LRU eviction that never touches a layer in use).
+digests it is made of, :mod:`~compatlab.cache.layer` says what a published layer holds, and
+:mod:`~compatlab.cache.store` keeps the layers on disk (atomic publish, one build per key, LRU
+eviction that never touches a layer in use).
 """
 
 from __future__ import annotations

@@ -45,13 +45,24 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from compatlab.cache.key import KEY_LENGTH, KeyInputs
+from compatlab.cache.layer import (
+    DAMAGED,
+    LAYER_DISK,
+    MANIFEST,
+    MEMORY_STATE,
+    TPM_STATE,
+    UEFI_VARS,
+    Entry,
+    Layer,
+    Manifest,
+    PruneReport,
+    allocated,
+)
 from compatlab.errors import StorageError
 
 __all__ = [
@@ -70,14 +81,7 @@ __all__ = [
 
 log = logging.getLogger("compatlab.cache")
 
-LAYER_DISK = "layer.qcow2"
-UEFI_VARS = "VARS.fd"
-TPM_STATE = "tpm"
-MANIFEST = "manifest.json"
-MEMORY_STATE = "memory.save"
-DAMAGED = "DAMAGED"
 _SAVE_MAGIC = b"LibvirtQemudSave"
-_SCHEMA = 1
 _QCOW2_MAGIC = b"QFI\xfb"
 _KEY = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
 _FOLDER_MODE = 0o755  # the qemu user opens the layer by path
@@ -85,113 +89,6 @@ _FOLDER_MODE = 0o755  # the qemu user opens the layer by path
 #: Writes a layer's files (at least ``layer.qcow2``) into the folder it is given and returns
 #: the clean baseline boot's seconds, kept as the reference for boot-time checks.
 BuildLayer = Callable[[Path], float]
-
-
-@dataclass(frozen=True)
-class Manifest:
-    key: str
-    inputs: Mapping[str, Any]
-    baseline_boot_seconds: float
-    files: Mapping[str, int]  # path relative to the layer -> size in bytes
-    bytes: int  # disk space the layer takes (allocated blocks)
-    created: datetime
-    last_used: datetime
-    label: str = ""  # for people: the cell that built it, e.g. "win11/uefi-2cpu/acme-av"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": _SCHEMA,
-            "key": self.key,
-            "inputs": dict(self.inputs),
-            "baseline_boot_seconds": self.baseline_boot_seconds,
-            "files": dict(self.files),
-            "bytes": self.bytes,
-            "created": self.created.isoformat(),
-            "last_used": self.last_used.isoformat(),
-            "label": self.label,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> Manifest:
-        """Raises ValueError (or KeyError/TypeError) when ``data`` is not a manifest."""
-        if not isinstance(data, dict) or data.get("schema") != _SCHEMA:
-            raise ValueError("not a schema-1 manifest")
-        files = {str(name): int(size) for name, size in dict(data["files"]).items()}
-        KeyInputs.from_json(data["inputs"])  # must still read as key inputs
-        return cls(
-            key=str(data["key"]),
-            inputs=dict(data["inputs"]),
-            baseline_boot_seconds=float(data["baseline_boot_seconds"]),
-            files=files,
-            bytes=int(data["bytes"]),
-            created=datetime.fromisoformat(data["created"]),
-            last_used=datetime.fromisoformat(data["last_used"]),
-            label=str(data.get("label", "")),
-        )
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A published layer, held with a shared lock while the ``use`` block runs."""
-
-    key: str
-    folder: Path
-    manifest: Manifest
-    built: bool  # built by this call, rather than found
-    rebuilt_because: str | None = None  # what was wrong with the layer found in its place
-
-    @property
-    def disk(self) -> Path:
-        return self.folder / LAYER_DISK
-
-    @property
-    def uefi_vars(self) -> Path | None:
-        return self.folder / UEFI_VARS if UEFI_VARS in self.manifest.files else None
-
-    @property
-    def tpm_state(self) -> Path | None:
-        path = self.folder / TPM_STATE
-        return path if path.is_dir() else None
-
-    @property
-    def memory(self) -> Path | None:
-        """The saved running guest a cell restores instead of booting; None: boot the disk."""
-        return self.folder / MEMORY_STATE if MEMORY_STATE in self.manifest.files else None
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One ``<key>/`` folder as ``cache list`` sees it: a manifest, or what is wrong."""
-
-    key: str
-    folder: Path
-    manifest: Manifest | None
-    problem: str | None
-    in_use: bool
-
-    @property
-    def bytes(self) -> int:
-        return self.manifest.bytes if self.manifest else _allocated(self.folder)
-
-
-@dataclass
-class PruneReport:
-    removed: list[Entry] = field(default_factory=list)
-    in_use: list[Entry] = field(default_factory=list)  # kept although the prune wanted them
-    remaining_bytes: int = 0
-
-    @property
-    def freed_bytes(self) -> int:
-        return sum(entry.bytes for entry in self.removed)
-
-
-def _allocated(folder: Path) -> int:
-    total = 0
-    for root, _dirs, names in os.walk(folder):
-        for name in names:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
 
 
 def _fsync_path(path: Path) -> None:
@@ -418,7 +315,7 @@ class LayerStore:
                 _fsync_path(work / name)
             now = self._now()
             manifest = Manifest(
-                key, inputs.to_json(), float(seconds), files, _allocated(work), now, now, label
+                key, inputs.to_json(), float(seconds), files, allocated(work), now, now, label
             )
             self._write_manifest(work, manifest, fsync=True)
             for folder in folders:

@@ -38,7 +38,7 @@ from typing import Any
 
 import libvirt
 
-from compatlab.errors import HypervisorError, LabError, StorageError
+from compatlab.errors import HypervisorError, LabError, SaveImageError, StorageError
 from compatlab.lab.connection import Hypervisor, libvirt_errors
 from compatlab.lab.console import (
     Screenshot,
@@ -51,6 +51,7 @@ from compatlab.lab.console import (
 from compatlab.lab.events import DomainWatch
 from compatlab.lab.saveimage import read_header, restore_definition
 from compatlab.lab.states import DomainState
+from compatlab.lab.teardown import UNDEFINE_FLAGS, destroy_domain, undefine_domain
 from compatlab.model import Event
 from compatlab.signals import stop_signals_deferred
 
@@ -73,18 +74,6 @@ log = logging.getLogger("compatlab.lab")
 CDROM_TARGET = "sdz"
 CDROM_BUS = "sata"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
-
-# All exist in libvirt 9.0 (TPM since 8.9). Some drivers (test:///) reject some of them.
-UNDEFINE_FLAGS = (
-    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-    | libvirt.VIR_DOMAIN_UNDEFINE_TPM
-)
-_UNDEFINE_FALLBACK = (
-    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-)
 
 
 class Machine:
@@ -200,10 +189,12 @@ class Machine:
         self.define()
         if self._log_offset is None:
             self._log_offset = self._log_size()
-        saved = read_header(image).xml
         with self._call("reading the domain's definition"):
             mine = self.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        xml = restore_definition(saved, mine)
+        try:
+            xml = restore_definition(read_header(image).xml, mine)
+        except SaveImageError as exc:
+            raise SaveImageError(exc.message, host=self.host, domain=self.name) from exc
         if self.console is not None:
             self.console.open()
         with self._call(f"restoring the domain from {image.name}"):
@@ -436,50 +427,6 @@ class Machine:
             return self.log_path.stat().st_size if self.hypervisor.is_local else 0
         except OSError:
             return 0
-
-
-def destroy_domain(dom: Any, *, host: str, name: str) -> bool:
-    """Power a domain off if it is on; True when it was. Gone or already off is not an error."""
-    for attempt in range(3):
-        try:
-            code, _reason = dom.state()
-            if code == libvirt.VIR_DOMAIN_SHUTOFF:
-                return False
-            dom.destroy()
-            return True
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() in (
-                libvirt.VIR_ERR_NO_DOMAIN,
-                libvirt.VIR_ERR_OPERATION_INVALID,
-            ):
-                return False
-            # libvirt's advice when QEMU does not die at once ("Device or resource busy"): retry.
-            if attempt == 2:
-                raise HypervisorError(
-                    f"destroying the domain: {exc.get_error_message()}", host=host, domain=name
-                ) from exc
-    return False
-
-
-def undefine_domain(dom: Any, *, host: str, name: str) -> None:
-    """Undefine with NVRAM, TPM state, managed save, snapshot and checkpoint metadata.
-
-    Falls back to fewer flags where a driver refuses some (test:/// does); gone is not an error.
-    """
-    for flags in (UNDEFINE_FLAGS, _UNDEFINE_FALLBACK, 0):
-        try:
-            dom.undefineFlags(flags)
-            return
-        except libvirt.libvirtError as exc:
-            code = exc.get_error_code()
-            if code == libvirt.VIR_ERR_NO_DOMAIN:
-                return
-            if code in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT) and flags:
-                log.debug("undefine flags %#x refused for %s: %s", flags, name, exc)
-                continue
-            raise HypervisorError(
-                f"undefining the domain: {exc.get_error_message()}", host=host, domain=name
-            ) from exc
 
 
 def _cdrom_element(desc: ET.Element) -> ET.Element | None:

@@ -25,11 +25,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from compatlab.errors import StorageError
+from compatlab.errors import SaveImageError, StorageError
+from compatlab.lab.owner import NS_URI
 
 __all__ = ["SAVE_MAGIC", "SaveHeader", "read_header", "renamed_copy", "restore_definition"]
 
 SAVE_MAGIC = b"LibvirtQemudSave"
+# Prefixes kept when a definition is written back (ElementTree would say ns0:, ns1:): libvirt
+# matches by namespace URI, people reading a domain's XML by prefix.
+_PREFIXES = {"qemu": "http://libvirt.org/schemas/domain/qemu/1.0", "compatlab": NS_URI}
 _HEADER = struct.Struct("=16s19I")
 _VERSION = 2
 
@@ -53,36 +57,36 @@ class SaveHeader:
 
 
 def read_header(path: Path) -> SaveHeader:
-    """The header of the save image at ``path``. Raises StorageError for anything that is
+    """The header of the save image at ``path``. Raises SaveImageError for anything that is
     not an uncompressed version-2 libvirt QEMU save image."""
     try:
         with path.open("rb") as handle:
             head = handle.read(_HEADER.size)
             if len(head) < _HEADER.size:
-                raise StorageError(f"{path} is too short to be a libvirt save image")
+                raise SaveImageError(f"{path} is too short to be a libvirt save image")
             magic, *words = _HEADER.unpack(head)
             data = handle.read(words[1])
     except OSError as exc:
-        raise StorageError(f"cannot read the save image {path}: {exc}") from exc
+        raise SaveImageError(f"cannot read the save image {path}: {exc}") from exc
     version, data_len, _running, compressed, cookie_offset = words[:5]
     if magic != SAVE_MAGIC:
-        raise StorageError(f"{path} is not a libvirt QEMU save image (magic {magic!r})")
+        raise SaveImageError(f"{path} is not a libvirt QEMU save image (magic {magic!r})")
     if version != _VERSION:
-        raise StorageError(f"{path}: save image header version {version}, not {_VERSION}")
+        raise SaveImageError(f"{path}: save image header version {version}, not {_VERSION}")
     if compressed != 0:
-        raise StorageError(f"{path}: a compressed save image (format {compressed})")
+        raise SaveImageError(f"{path}: a compressed save image (format {compressed})")
     if len(data) < data_len or (cookie_offset and cookie_offset >= data_len):
-        raise StorageError(f"{path}: the save image's header is cut short")
+        raise SaveImageError(f"{path}: the save image's header is cut short")
     end = cookie_offset or data_len
     xml_bytes, nul, _ = data[:end].partition(b"\0")
     if not nul:
-        raise StorageError(f"{path}: the save image's domain XML is not terminated")
+        raise SaveImageError(f"{path}: the save image's domain XML is not terminated")
     cookie = data[cookie_offset:].partition(b"\0")[0] if cookie_offset else b""
     try:
         xml = xml_bytes.decode()
         ET.fromstring(xml)
     except (UnicodeDecodeError, ET.ParseError) as exc:
-        raise StorageError(f"{path}: the save image's domain XML is unreadable: {exc}") from exc
+        raise SaveImageError(f"{path}: the save image's domain XML is unreadable: {exc}") from exc
     return SaveHeader(xml=xml, cookie=cookie, data_len=data_len, fields=tuple(words))
 
 
@@ -96,7 +100,7 @@ def renamed_copy(source: Path, target: Path, *, name: str, uuid: str) -> None:
     header = read_header(source)
     old = f"<name>{_escape(header.name)}</name>", f"<uuid>{header.uuid}</uuid>"
     if old[0] not in header.xml or old[1] not in header.xml:
-        raise StorageError(f"{source}: no <name>/<uuid> to rename in the save image's XML")
+        raise SaveImageError(f"{source}: no <name>/<uuid> to rename in the save image's XML")
     xml = header.xml.replace(old[0], f"<name>{_escape(name)}</name>", 1)
     xml = xml.replace(old[1], f"<uuid>{uuid}</uuid>", 1)
     body = xml.encode() + b"\0"
@@ -105,7 +109,7 @@ def renamed_copy(source: Path, target: Path, *, name: str, uuid: str) -> None:
         fields[4] = len(body)
         body += header.cookie + b"\0"
     if len(body) > header.data_len:
-        raise StorageError(f"{source}: the renamed XML does not fit in the save image's header")
+        raise SaveImageError(f"{source}: the renamed XML does not fit in the save image's header")
     try:
         shutil.copyfile(source, target)
         with target.open("r+b") as handle:
@@ -127,6 +131,8 @@ def restore_definition(saved: str, cell: str) -> str:
     medium and the serial console's pipe. Everything else -- the virtual hardware the memory
     state belongs to -- stays as saved; libvirt checks that it matches.
     """
+    for prefix, uri in _PREFIXES.items():
+        ET.register_namespace(prefix, uri)
     root, mine = ET.fromstring(saved), ET.fromstring(cell)
     for tag in ("name", "uuid", "title", "metadata"):
         _replace(root, mine, tag)
@@ -135,7 +141,7 @@ def restore_definition(saved: str, cell: str) -> str:
         path = f"devices/disk[@device='{device}']"
         target, source = root.find(path), mine.find(path)
         if target is None or source is None:
-            raise StorageError(f"the saved domain and the cell's differ: no {device} in one")
+            raise SaveImageError(f"the saved domain and the cell's differ: no {device} in one")
         for child in [c for c in target if c.tag in ("source", "backingStore")]:
             target.remove(child)
         at = 1 + max((i for i, c in enumerate(target) if c.tag == "driver"), default=-1)
@@ -157,7 +163,7 @@ def _replace(root: ET.Element, mine: ET.Element, path: str) -> None:
     if parent is None:
         if source is None:
             return
-        raise StorageError(f"the saved domain has no <{parent_path}> for the cell's <{tag}>")
+        raise SaveImageError(f"the saved domain has no <{parent_path}> for the cell's <{tag}>")
     target = parent.find(tag)
     if target is not None:
         index = list(parent).index(target)

@@ -22,6 +22,7 @@ from compatlab.files import MAX_RESULTS_BYTES, read_text
 from compatlab.model import (
     Attribution,
     Boot,
+    BootKind,
     BootOutcome,
     Bugcheck,
     CellResult,
@@ -36,6 +37,7 @@ __all__ = ["cell_from_json", "load_results", "results_path"]
 
 _S = TypeVar("_S", bound=str)
 _BOOT_OUTCOMES: tuple[BootOutcome, ...] = typing.get_args(BootOutcome)
+_BOOT_KINDS: tuple[BootKind, ...] = typing.get_args(BootKind)
 
 
 def results_path(path: Path) -> Path:
@@ -84,13 +86,6 @@ class _Reader:
     def opt_number(self, value: Mapping[str, object], key: str, where: str) -> float | None:
         """A number, or None where the key is missing or null."""
         return None if value.get(key) is None else self.number(value, key, where)
-
-    def opt_flag(self, value: Mapping[str, object], key: str, where: str) -> bool:
-        """A true/false that may be missing (false)."""
-        item = value.get(key, False)
-        if not isinstance(item, bool):
-            raise self.fail(f"{where}.{key}", f"expected true or false, got {type(item).__name__}")
-        return item
 
     def integer(self, value: Mapping[str, object], key: str, where: str) -> int:
         item = self.get(value, key, where)
@@ -173,7 +168,7 @@ def _boot(r: _Reader, value: object, where: str) -> Boot:
         outcome=outcome,
         seconds=r.number(b, "seconds", where),
         phase=r.opt_text(b, "phase", where),
-        restored=r.opt_flag(b, "restored", where),  # written since issue 12; optional
+        kind=r.choice(r.opt_text(b, "kind", where) or "boot", _BOOT_KINDS, f"{where}.kind"),
     )
 
 

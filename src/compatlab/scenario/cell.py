@@ -161,7 +161,14 @@ def _vm(
         lab.progress(cell.id, f"building cached layer {key}")
         builder = evidence.with_name(f"{evidence.name}-layer")
         record = _session(
-            cell, lab, builder, f"{label}-layer", with_candidate, records, build_into=folder
+            cell,
+            lab,
+            builder,
+            f"{label}-layer",
+            with_candidate,
+            records,
+            build_into=folder,
+            memory=bool(inputs.memory),  # the key says what the layer holds
         )
         seconds = record.layer_seconds
         if seconds is None:
@@ -206,6 +213,7 @@ def _session(
     *,
     start: Layer | None = None,
     build_into: Path | None = None,
+    memory: bool = False,
 ) -> VMRecord:
     """One watched VM: the cell's runbook, or with ``build_into`` its layer's builder."""
     builds_for = label.removesuffix("-layer") if build_into is not None else None
@@ -225,7 +233,7 @@ def _session(
                 if build_into is None:
                     run_book(vm)
                 else:
-                    vm.record.layer_seconds = build_book(vm, build_into)
+                    vm.record.layer_seconds = build_book(vm, build_into, memory=memory)
             except Exception as exc:
                 if not vm.record.phases or not vm.guest_failed():
                     raise

@@ -37,6 +37,7 @@ manufacture a new TPM.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -46,8 +47,16 @@ from typing import TYPE_CHECKING
 
 from compatlab.cache import KeyInputs, Layer, cache_key, key_inputs
 from compatlab.cache.store import LAYER_DISK, MEMORY_STATE, TPM_STATE, UEFI_VARS
-from compatlab.errors import ImageError, LabError, StorageError
-from compatlab.lab.domain import domain_name, domain_uuid
+from compatlab.errors import (
+    GuestError,
+    HypervisorError,
+    ImageError,
+    LabError,
+    SaveImageError,
+    StorageError,
+)
+from compatlab.lab.connection import libvirt_errors
+from compatlab.lab.domain import TEMPLATE_NAME, domain_name, domain_uuid
 from compatlab.lab.saveimage import renamed_copy
 from compatlab.lab.storage import CellStorage
 
@@ -60,6 +69,7 @@ __all__ = [
     "BUILDER_SUFFIX",
     "SWTPM_ROOT",
     "capture",
+    "condemn",
     "key_for",
     "memory_wanted",
     "restore",
@@ -83,18 +93,31 @@ def wanted(cell: Cell, lab: LabContext) -> bool:
 
 
 def memory_wanted(cell: Cell, lab: LabContext) -> str:
-    """The hypervisor's versions when the cell's layer keeps the guest's memory; else ''.
+    """What the cell's memory layer depends on, when its layer keeps the guest's memory; else ''.
 
-    Only the QEMU driver of this host, a guest reached through its agent (which sets the
-    restored guest's clock) and no NIC; and only where the lab's cache allows memory layers.
+    Only the QEMU driver of this host, a Linux guest reached through its agent (which sets the
+    restored guest's clock; Windows after a restore is not established) and no NIC; and only
+    where the lab's cache allows memory layers. A restore runs the saved virtual hardware, so
+    the string names what made it: libvirt's and QEMU's versions (a migration stream loads
+    only into a QEMU that reads it), the accelerator and the domain template's digest.
+    Raises HypervisorError or StorageError.
     """
     hypervisor = lab.hypervisor
-    if lab.layers is None or not lab.layers.memory or cell.image.channel != "agent":
+    if lab.layers is None or not lab.layers.memory:
+        return ""
+    if cell.image.channel != "agent" or cell.os_family != "linux":
         return ""
     if not hypervisor.uri.startswith("qemu") or not hypervisor.is_local:
         return ""
-    conn = hypervisor.connection
-    return f"libvirt {_version(conn.getLibVersion())}, QEMU {_version(conn.getVersion())}"
+    with libvirt_errors("reading the hypervisor's versions", host=hypervisor.host):
+        conn = hypervisor.connection
+        versions = f"libvirt {_version(conn.getLibVersion())}, QEMU {_version(conn.getVersion())}"
+    template = lab.template_dir / TEMPLATE_NAME
+    try:
+        digest = hashlib.sha256(template.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise StorageError(f"cannot read the domain template {template}: {exc}") from exc
+    return f"{versions}, {lab.accel}, template {digest}"
 
 
 def _version(number: int) -> str:
@@ -213,10 +236,13 @@ def capture(vm: Session, folder: Path, *, memory: bool) -> None:
 def restore(vm: Session) -> None:
     """Start the cell's VM from its layer's memory state: a copy of the save image renamed to
     the cell's domain, restored into it. Raises LabError (the copy or libvirt's restore
-    failed); the layer is then marked damaged, so the cell's next attempt builds it again."""
+    failed). Where the layer itself is at fault -- its image unreadable or not the cell's
+    hardware, or libvirt refusing it on a connection that stayed up -- the layer is marked
+    damaged first (:func:`condemn`), so the cell's next attempt builds it again."""
     assert vm.start is not None and vm.start.memory is not None
-    storage, lab = vm.storage, vm.lab
+    storage, hypervisor = vm.storage, vm.lab.hypervisor
     image = storage.folder / MEMORY_STATE
+    reconnects = hypervisor.reconnects
     began = time.monotonic()
     try:
         renamed_copy(
@@ -227,9 +253,12 @@ def restore(vm: Session) -> None:
         )
         copied = time.monotonic() - began
         vm.machine.restore(image)
-    except LabError as exc:
-        if lab.layers is not None:
-            lab.layers.condemn(vm.start.key, f"a cell could not restore its memory state: {exc}")
+    except SaveImageError as exc:
+        condemn(vm, f"a cell could not use its memory state: {exc.message}")
+        raise
+    except HypervisorError as exc:
+        if hypervisor.reconnects == reconnects and _alive(vm) and not vm.lab.stop.is_set():
+            condemn(vm, f"libvirt could not restore its memory state: {exc.message}")
         raise
     finally:
         image.unlink(missing_ok=True)  # QEMU has read it (or never will): 100+ MB back
@@ -243,10 +272,35 @@ def restore(vm: Session) -> None:
     )
 
 
+def _alive(vm: Session) -> bool:
+    try:
+        return bool(vm.lab.hypervisor.connection.isAlive())
+    except Exception:  # a dead connection may raise instead of saying so
+        return False
+
+
+def condemn(vm: Session, why: str) -> None:
+    """Mark the layer the VM started from damaged: its next user builds it again."""
+    if vm.lab.layers is not None and vm.start is not None:
+        vm.lab.layers.condemn(vm.start.key, why)
+
+
 def set_clock(vm: Session) -> None:
-    """The restored guest's clock, set from the host's (it comes back where it was saved)."""
+    """The restored guest's clock, set from the host's (it comes back where it was saved).
+
+    Run while the hypervisor is watched: a crash meanwhile is the guest's (GuestFailed); an
+    agent that does not do it is the lab's (LabError)."""
     from compatlab.guest.agent import AgentChannel
 
-    if isinstance(vm.channel, AgentChannel):
-        offset = vm.channel.set_time()
-        vm.note("scenario", "clock_set", f"guest clock set from the host's ({offset:+.1f} s)")
+    channel = vm.channel
+    if not isinstance(channel, AgentChannel):
+        return
+    try:
+        offset = vm.call("setting the guest clock", channel.set_time)
+    except GuestError as exc:
+        raise LabError(
+            f"cannot set the restored guest's clock: {exc}",
+            host=vm.lab.hypervisor.host,
+            domain=vm.machine.name,
+        ) from exc
+    vm.note("scenario", "clock_set", f"guest clock set from the host's ({offset:+.1f} s)")

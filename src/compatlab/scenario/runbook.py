@@ -49,12 +49,13 @@ def run_book(vm: Session) -> None:
     _watched(vm, lambda: _phases(vm))
 
 
-def build_book(vm: Session, folder: Path) -> float | None:
+def build_book(vm: Session, folder: Path, *, memory: bool) -> float | None:
     """Build the cell's cached layer into ``folder``: provision, products, the baseline reboot,
-    a clean shutdown, the state captured. The baseline boot's seconds; None when the
-    configuration failed (its record says how, and nothing may be published)."""
+    a clean shutdown -- or with ``memory`` the running guest saved -- the state captured. The
+    baseline boot's seconds; None when the configuration failed (its record says how, and
+    nothing may be published)."""
     built: list[float] = []
-    _watched(vm, lambda: _build(vm, folder, built))
+    _watched(vm, lambda: _build(vm, folder, built, memory))
     return built[0] if built and not _failed(vm) else None
 
 
@@ -105,20 +106,24 @@ def _provision(vm: Session) -> float:
         vm.probe.arm()
         try:
             seconds = vm.boot()
-            if restoring:
-                layers.set_clock(vm)
-            return seconds
         except GuestFailed as failed:
             if vm.watcher.crashes:
                 raise  # the image crashes on this hardware: the configuration's failure
             vm.lab_owns_failure = True
             what = "the cached layer" if vm.start is not None else "the golden image"
+            if restoring:
+                # libvirt took the image but the guest never answered: the layer's next user
+                # builds it again rather than restoring the same image.
+                layers.condemn(vm, f"a cell's guest did not come back from it: {failed.detail}")
             how = "come back from its memory state" if restoring else "boot"
             raise LabError(
                 f"{what} did not {how}: {failed.detail}",
                 host=vm.lab.hypervisor.host,
                 domain=vm.machine.name,
             ) from failed
+        if restoring:
+            layers.set_clock(vm)  # a crash meanwhile is the guest's, seen by the watcher
+        return seconds
 
 
 def _products(vm: Session) -> bool:
@@ -157,21 +162,26 @@ def _baseline_reboot(vm: Session) -> float:
         raise
 
 
-def _build(vm: Session, folder: Path, built: list[float]) -> None:
+def _build(vm: Session, folder: Path, built: list[float], memory: bool) -> None:
     _provision(vm)
     if not _products(vm):
         return
     with vm.phase(Phase.BASELINE):
         seconds = _baseline_reboot(vm)
         vm.say("keeping the cached layer")
-        layers.capture(vm, folder, memory=bool(layers.memory_wanted(vm.cell, vm.lab)))
+        layers.capture(vm, folder, memory=memory)
         built.append(seconds)
 
 
 def _phases(vm: Session) -> None:
     scenario = vm.cell.scenario
     first_boot = _provision(vm)
-    if vm.start is not None:
+    if vm.start is not None and vm.start.memory is not None:
+        # Restored, not booted: the layer's baseline boot (its builder's) is the one the
+        # sign-off and the report compare the candidate's boots with (boot 0, kind "layer").
+        baseline = vm.start.manifest.baseline_boot_seconds
+        vm.watcher.carry_layer_boot(baseline, Phase.BASELINE.value)
+    elif vm.start is not None:
         # From a cached layer the first boot is the configured guest's: its baseline boot, with
         # which the sign-off and the report compare the candidate's boots.
         vm.watcher.count_boot_in(vm.watcher.boots[-1].n, Phase.BASELINE.value)

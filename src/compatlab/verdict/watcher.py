@@ -27,7 +27,7 @@ from enum import Enum
 from typing import Literal
 
 from compatlab.bugcheck import parse_guest_panicked
-from compatlab.model import Boot, BootOutcome, Bugcheck, Event
+from compatlab.model import Boot, BootKind, BootOutcome, Bugcheck, Event
 from compatlab.verdict.decide import Observations, bugcheck_text, one_line
 
 __all__ = ["BootPolicy", "BootWatcher", "Finding", "FindingKind", "bugcheck_of"]
@@ -132,7 +132,7 @@ class BootWatcher:
         self._state = _State.OFF
         self._next_n = first_boot
         self._start: float | None = None  # when the boot in progress started
-        self._restored = False  # the boot in progress is a restore from a saved memory state
+        self._kind: BootKind = "boot"  # of the boot in progress: "restore" from a saved state
         self._marker: Event | None = None  # the boot-complete line of the boot in progress
         self._boots: list[Boot] = []
         self._findings: list[Finding] = []
@@ -157,6 +157,13 @@ class BootWatcher:
         """Boot ``n`` belongs to ``phase``, not to the one it ended in: a VM started from a
         cached layer boots first in its provision, and that boot is its baseline boot."""
         self._boots = [replace(b, phase=phase) if b.n == n else b for b in self._boots]
+
+    def carry_layer_boot(self, seconds: float, phase: str) -> None:
+        """Record the cached layer's baseline boot (its builder's, ``seconds`` long) as this VM's
+        boot 0 in ``phase``: a VM restored from the layer's memory state boots none of its own,
+        and its candidate's boots are compared with that one."""
+        boot = Boot(n=0, outcome="completed", seconds=seconds, phase=phase, kind="layer")
+        self._boots.insert(0, boot)
 
     @property
     def findings(self) -> tuple[Finding, ...]:
@@ -247,7 +254,7 @@ class BootWatcher:
         elif kind == "started" and state is not _State.BOOTING:
             # A restore (detail 'restored') is watched like a boot: a crash, a hang or a dead
             # channel before the guest answers count the same; its seconds are the restore's.
-            self._begin(event.t, restored=event.detail == "restored")
+            self._begin(event.t, kind="restore" if event.detail == "restored" else "boot")
         elif kind == "boot_marker" and state is _State.BOOTING and self._marker is None:
             self._marker = event
         elif kind == "agent_ready" and state is _State.BOOTING:
@@ -312,11 +319,11 @@ class BootWatcher:
             found += self._final(Finding("boot_loop", event.t, detail, None, self.bugcheck))
         return found
 
-    def _begin(self, t: float, *, restored: bool = False) -> None:
+    def _begin(self, t: float, *, kind: BootKind = "boot") -> None:
         self._state = _State.BOOTING
         self._start = t
         self._marker = None
-        self._restored = restored
+        self._kind = kind
 
     def _close(self, outcome: BootOutcome, t: float) -> Boot:
         seconds = max(t - self._start, 0.0) if self._start is not None else 0.0
@@ -325,12 +332,12 @@ class BootWatcher:
             outcome=outcome,
             seconds=seconds,
             phase=self.phase,
-            restored=self._restored,
+            kind=self._kind,
         )
         self._next_n += 1
         self._boots.append(boot)
         self._start = None
-        self._restored = False
+        self._kind = "boot"
         return boot
 
     def _note_bugcheck(self, bugcheck: Bugcheck) -> None:
