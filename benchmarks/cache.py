@@ -129,7 +129,14 @@ def hit_overhead(matrices: list[str], select_ids: set[str], trials: int) -> dict
     ]
     timings: dict[str, list[float]] = {}
     with Hypervisor(DEFAULT_URI) as hypervisor:
-        lab = SimpleNamespace(layers=store, hypervisor=hypervisor)
+        # What a run's LabContext gives key_for (a memory layer's key names the accelerator
+        # and the domain template).
+        lab = SimpleNamespace(
+            layers=store,
+            hypervisor=hypervisor,
+            template_dir=ROOT / "configs" / "templates",
+            accel=hypervisor.accelerator().domain_type,
+        )
         for n in range(trials):
             for cell in cells:
                 storage = CellStorage(f"bench-hit-{n}", cell.id, root=DEFAULT_ROOT, host="local")
@@ -146,9 +153,9 @@ def hit_overhead(matrices: list[str], select_ids: set[str], trials: int) -> dict
                     shutil.rmtree(tpm.parent, ignore_errors=True)
     every = [t for ts in timings.values() for t in ts]
     return {
-        "what": "key (digests from their sidecars), lookup and shared lock, qemu-img overlay on "
-        "the layer (with its checks of the golden image and the layer), UEFI variables and TPM "
-        "state copied; no VM",
+        "what": "key (digests from their sidecars, the hypervisor's versions, the domain "
+        "template's digest), lookup and shared lock, qemu-img overlay on the layer (with its "
+        "checks of the golden image and the layer), UEFI variables and TPM state copied; no VM",
         "trials_per_cell": trials,
         "seconds": {
             "median": round(statistics.median(every), 3),
