@@ -220,6 +220,14 @@ class Boot:
     phase: str = ""  # a Phase value: "provision", "baseline", "boots", "rollback", ...
     kind: BootKind = "boot"
 
+    @property
+    def note(self) -> str:
+        """What a reader is told beside a boot that was not this VM's own boot."""
+        return {
+            "restore": "restored from the cached layer's memory state",
+            "layer": "the cached layer's baseline boot, by its builder",
+        }.get(self.kind, "")
+
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "n": self.n,

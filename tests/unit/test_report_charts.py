@@ -85,3 +85,18 @@ def test_svg_escapes_every_text() -> None:
         assert "<script" not in markup and "&lt;script&gt;" in markup
         assert "\x1b" not in markup
     assert trend_svg(()) == ""
+
+
+def test_a_restored_cells_boots_say_what_they_were() -> None:
+    boots = [
+        Boot(0, "completed", 20.0, "baseline", kind="layer"),
+        Boot(1, "completed", 0.3, "provision", kind="restore"),
+        Boot(2, "completed", 22.0, "boots"),
+    ]
+    chart = boot_chart(boots)
+    assert chart is not None
+    assert (chart.baseline_median, chart.candidate_median) == (20.0, 22.0)  # not the restore
+    titles = [b.title for b in chart.bars]
+    assert titles[0].endswith("(the cached layer's baseline boot, by its builder)")
+    assert titles[1].endswith("(restored from the cached layer's memory state)")
+    assert "(" not in titles[2].split(":", 1)[1]

@@ -236,7 +236,8 @@ def boot_chart(boots: Sequence[Boot]) -> BootChart | None:
                 height=round(max(y(0) - y(seconds), 1.0), 1),
                 group=_group(boot),
                 outcome=boot.outcome,
-                title=f"boot {boot.n}{phase}: {boot.outcome} after {boot.seconds:.1f} s",
+                title=f"boot {boot.n}{phase}: {boot.outcome} after {boot.seconds:.1f} s"
+                + (f" ({boot.note})" if boot.note else ""),
             )
         )
     baseline, candidate = _baseline_median(boots), _median(boots, "candidate")

@@ -59,7 +59,8 @@ def _failure_text(cell: CellResult) -> str:
         lines.append(f"bugcheck {cell.bugcheck.code} {cell.bugcheck.name} ({params})".rstrip())
     for boot in cell.boots:
         phase = f" [{boot.phase}]" if boot.phase else ""
-        lines.append(f"boot {boot.n}{phase}: {boot.outcome} after {boot.seconds:.1f} s")
+        note = f" ({boot.note})" if boot.note else ""
+        lines.append(f"boot {boot.n}{phase}: {boot.outcome} after {boot.seconds:.1f} s{note}")
     events = cell.events[-_EVENTS_IN_FAILURE:]
     if events:
         if len(cell.events) > len(events):
