@@ -381,6 +381,7 @@ def _add_cache(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _cache_list(args: argparse.Namespace) -> int:
     from compatlab.cache import LayerStore, format_size
+    from compatlab.cache.layer import MEMORY_STATE
 
     store = LayerStore(args.storage_root)
     entries = store.entries()
@@ -394,7 +395,10 @@ def _cache_list(args: argparse.Namespace) -> int:
         else:
             m = entry.manifest
             used = m.last_used.strftime("%Y-%m-%d %H:%M")
-            state = f"baseline {m.baseline_boot_seconds:.1f} s  last used {used}  {m.label}"
+            start = "memory" if MEMORY_STATE in m.files else "disk  "  # what a cell starts from
+            state = (
+                f"{start}  baseline {m.baseline_boot_seconds:.1f} s  last used {used}  {m.label}"
+            )
         print(f"{entry.key}  {format_size(entry.bytes):>10}  {state.rstrip()}{use}")
     total = sum(entry.bytes for entry in entries)
     print(f"compatlab cache: {len(entries)} layers, {format_size(total)} in {store.root}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compatlab.cache import KeyInputs, LayerStore, cache_key
-from compatlab.cache.store import LAYER_DISK, MANIFEST
+from compatlab.cache.store import LAYER_DISK, MANIFEST, MEMORY_STATE
 from compatlab.cli import main
 
 KEYS = [cache_key(KeyInputs({"disk": str(n)}, {}, ())) for n in range(3)]
@@ -42,9 +42,22 @@ def test_list_shows_each_layer_its_baseline_and_the_damaged_ones(
     assert main(["cache", "list", "--storage-root", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(KEYS[0]) and "damaged: has no manifest.json" in lines[0]
-    assert lines[1].startswith(KEYS[1]) and "baseline 7.2 s" in lines[1]
+    assert lines[1].startswith(KEYS[1]) and "disk    baseline 7.2 s" in lines[1]
     assert lines[1].endswith("cell-1")
     assert lines[2].startswith("compatlab cache: 2 layers, ")
+
+
+def test_list_says_which_layers_a_cell_restores_from_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def memory_build(folder: Path) -> float:
+        (folder / MEMORY_STATE).write_bytes(b"LibvirtQemudSave" + b"\0" * 64)
+        return _build(folder)
+
+    with LayerStore(tmp_path).use(KEYS[0], KeyInputs({"disk": "0"}, {}, ()), memory_build):
+        pass
+    assert main(["cache", "list", "--storage-root", str(tmp_path)]) == 0
+    assert "  memory  baseline 7.2 s" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_list_marks_a_layer_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
