@@ -266,7 +266,8 @@ def _save_image(folder: Path) -> Path:
 MACHINE_CALLS: dict[str, Callable[[Machine, Path], Any]] = {
     "start": lambda m, _: m.start(),
     "save": lambda m, tmp: m.save(tmp / "memory.save"),
-    "restore": lambda m, tmp: m.restore(_save_image(tmp)),
+    "restore_xml": lambda m, tmp: m.restore_xml(_save_image(tmp)),
+    "restore": lambda m, tmp: m.restore(_save_image(tmp), "<domain/>"),
     "power_cycle": lambda m, _: m.power_cycle(),
     "restart_after_crash": lambda m, _: m.restart_after_crash(),
     "reset": lambda m, _: m.reset(),
@@ -328,10 +329,28 @@ HYPERVISOR_CALLS: dict[str, Callable[[Hypervisor], Any]] = {
     "accelerator": lambda h: h.accelerator(),
 }
 HYPERVISOR_WITHOUT_LIBVIRT_CALLS = {"close", "add_listener", "remove_listener", "wait_reconnected"}
+# Public methods that answer "no" rather than raise (tested below).
+HYPERVISOR_ANSWERING = {"alive"}
+
+
+def test_alive_says_no_for_a_daemon_that_went_away_and_does_not_reconnect(
+    tmp_path: Path,
+) -> None:
+    hv, node = dead_for_good(tmp_path)
+    assert hv.alive()
+    before = hv.reconnects
+    hv.connection.close()  # the daemon "went away"
+    assert not hv.alive()
+    assert hv.reconnects == before  # asking did not reconnect (a restore's condemn relies on it)
+    node.unlink()
+    hv.close()
 
 
 def test_every_public_hypervisor_method_is_in_the_mapping_table() -> None:
-    assert _public_methods(Hypervisor) == set(HYPERVISOR_CALLS) | HYPERVISOR_WITHOUT_LIBVIRT_CALLS
+    assert (
+        _public_methods(Hypervisor)
+        == set(HYPERVISOR_CALLS) | HYPERVISOR_WITHOUT_LIBVIRT_CALLS | HYPERVISOR_ANSWERING
+    )
 
 
 @pytest.mark.parametrize("method", sorted(HYPERVISOR_CALLS))

@@ -784,6 +784,9 @@ def test_the_layers_baseline_boot_is_carried_as_boot_0_and_compared_with() -> No
         (2, "boot", "boots"),
     ]
     assert watcher.boots[0].seconds == 23.9 and watcher.boots[0].outcome == "completed"
+    # This VM booted once and was restored once: the builder's boot is no boot of its own.
+    assert watcher.observations().boots_completed == 2
+    assert watcher.observations(["baseline"]).boots_completed == 0
 
 
 def test_a_guest_that_crashes_as_it_comes_back_from_its_memory_state_has_crashed() -> None:

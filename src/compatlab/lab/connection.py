@@ -243,6 +243,13 @@ class Hypervisor:
         with self._lock:
             return self._conn is not None and not self._lost
 
+    def alive(self) -> bool:
+        """The connection is open and libvirtd answers on it now; never reconnects (unlike
+        :attr:`connection`), so a caller can tell a daemon that went away from one that
+        refused a call."""
+        with self._lock:
+            return self._conn is not None and not self._lost and self._is_alive()
+
     def close(self) -> None:
         """Stop the event hub, drop the close callback and close the connection."""
         with self._lock:

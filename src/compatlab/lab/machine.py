@@ -178,23 +178,26 @@ class Machine:
         with self._call("saving the domain's memory state"):
             self.domain.save(str(path))
 
-    def restore(self, image: Path) -> None:
-        """Start the domain from the save image ``image`` instead of booting it.
-
-        ``image`` must carry this domain's name and UUID (:func:`~compatlab.lab.saveimage.
-        renamed_copy`). libvirt runs the saved definition with this domain's identity, files
-        and metadata (:func:`~compatlab.lab.saveimage.restore_definition`), and checks it is
-        the same virtual hardware as the saved one. Raises HypervisorError or StorageError.
-        """
+    def restore_xml(self, image: Path) -> str:
+        """The definition to restore the save image ``image`` with: the saved virtual hardware
+        with this domain's identity, files and metadata (:func:`~compatlab.lab.saveimage.
+        restore_definition`). Defines the domain first. Raises HypervisorError, or
+        SaveImageError when the image or its definition cannot be used."""
         self.define()
-        if self._log_offset is None:
-            self._log_offset = self._log_size()
         with self._call("reading the domain's definition"):
             mine = self.domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         try:
-            xml = restore_definition(read_header(image).xml, mine)
+            return restore_definition(read_header(image).xml, mine)
         except SaveImageError as exc:
             raise SaveImageError(exc.message, host=self.host, domain=self.name) from exc
+
+    def restore(self, image: Path, xml: str) -> None:
+        """Start the domain from the save image ``image`` instead of booting it, with ``xml``
+        (:meth:`restore_xml`). ``image`` must carry this domain's name and UUID
+        (:func:`~compatlab.lab.saveimage.renamed_copy`); libvirt checks ``xml`` is the saved
+        virtual hardware. Raises HypervisorError: libvirt refused or failed the restore."""
+        if self._log_offset is None:
+            self._log_offset = self._log_size()
         if self.console is not None:
             self.console.open()
         with self._call(f"restoring the domain from {image.name}"):

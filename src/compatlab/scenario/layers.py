@@ -252,13 +252,17 @@ def restore(vm: Session) -> None:
             uuid=str(domain_uuid(storage.run_id, storage.cell_id)),
         )
         copied = time.monotonic() - began
-        vm.machine.restore(image)
+        xml = vm.machine.restore_xml(image)  # its HypervisorErrors are not the layer's
+        try:
+            vm.machine.restore(image, xml)
+        except HypervisorError as exc:
+            # Refused on a connection that stayed up (asked without reconnecting): the image.
+            gone = not hypervisor.alive() or hypervisor.reconnects != reconnects
+            if not gone and not vm.lab.stop.is_set():
+                condemn(vm, f"libvirt could not restore its memory state: {exc.message}")
+            raise
     except SaveImageError as exc:
         condemn(vm, f"a cell could not use its memory state: {exc.message}")
-        raise
-    except HypervisorError as exc:
-        if hypervisor.reconnects == reconnects and _alive(vm) and not vm.lab.stop.is_set():
-            condemn(vm, f"libvirt could not restore its memory state: {exc.message}")
         raise
     finally:
         image.unlink(missing_ok=True)  # QEMU has read it (or never will): 100+ MB back
@@ -270,13 +274,6 @@ def restore(vm: Session) -> None:
         copy_seconds=f"{copied:.3f}",
         restore_seconds=f"{restored:.3f}",
     )
-
-
-def _alive(vm: Session) -> bool:
-    try:
-        return bool(vm.lab.hypervisor.connection.isAlive())
-    except Exception:  # a dead connection may raise instead of saying so
-        return False
 
 
 def condemn(vm: Session, why: str) -> None:

@@ -369,8 +369,10 @@ class BootWatcher:
         outcome = self._outcome if self._outcome and mine(self._outcome.phase) else None
         bugchecks = [b for p, b in self._bugchecks if mine(p)]
         return Observations(
-            boots_completed=sum(
-                1 for b in self._boots if b.outcome == "completed" and mine(b.phase)
+            boots_completed=sum(  # the layer's boot 0 is its builder's, not this VM's
+                1
+                for b in self._boots
+                if b.outcome == "completed" and b.kind != "layer" and mine(b.phase)
             ),
             crashes=sum(1 for f in self._findings if f.kind == "crash" and mine(f.phase)),
             bugcheck=bugchecks[0] if bugchecks else None,
