@@ -48,7 +48,6 @@ import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -65,6 +64,7 @@ import libvirt
 import libvirt_qemu
 
 from compatlab.catalog import GoldenImage, HardwareProfile, parse_hardware, parse_image
+from compatlab.lab import saveimage
 from compatlab.lab.domain import DomainSpec, render_domain_xml
 from compatlab.lab.events import _lifecycle_words
 from compatlab.lab.machine import undefine_domain
@@ -755,43 +755,12 @@ def keep_uuid(saved: str) -> Callable[[str], str]:
     return edit
 
 
-_HEADER = struct.Struct("<16s19I")  # libvirt's virQEMUSaveHeader: magic, version, data_len, ...
-_SAVE_MAGIC = b"LibvirtQemudSave"
-
-
 def renamed_copy(save_file: Path, copy: Path, name: str, ident: str) -> float:
-    """Copy the save image to ``copy`` with another domain name and UUID in its header XML.
-
-    libvirt refuses a restore XML whose name or UUID differ from the saved ones (its ABI check),
-    and two domains of one name or UUID cannot run at once. The header (libvirt 9.0,
-    ``virQEMUSaveHeader`` version 2) is the 92-byte struct, then ``data_len`` bytes: the domain
-    XML (NUL-terminated) at 0, the cookie at ``cookieOffset``, zeros up to ``data_len`` (libvirt
-    leaves 64 KiB of room so ``save-image-define`` can grow the XML). The memory stream after it
-    is untouched. Unsupported by libvirt: a benchmark's what-if. Returns the seconds it took.
-    """
+    """Copy the save image to ``copy`` with another domain name and UUID in its header XML
+    (:func:`compatlab.lab.saveimage.renamed_copy`, what a cell does since memory layers were
+    adopted; libvirt refuses a restore under another name or UUID). The seconds it took."""
     began = time.monotonic()
-    subprocess.run(["cp", "--reflink=auto", str(save_file), str(copy)], check=True)
-    with copy.open("r+b") as handle:
-        fields = list(_HEADER.unpack(handle.read(_HEADER.size)))
-        magic, data_len, cookie_offset = fields[0], fields[2], fields[5]
-        if magic != _SAVE_MAGIC or fields[4] != 0:
-            raise ValueError(f"{save_file} is not an uncompressed libvirt save image")
-        if fields[1] != 2:
-            raise ValueError(f"save image header version {fields[1]}, not 2")
-        data = handle.read(data_len)
-        xml = data[: cookie_offset or data_len].split(b"\0", 1)[0].decode()
-        cookie = data[cookie_offset:].split(b"\0", 1)[0] if cookie_offset else b""
-        root = ET.fromstring(xml)
-        old_name, old_uuid = root.findtext("name") or "", root.findtext("uuid") or ""
-        xml = xml.replace(f"<name>{old_name}</name>", f"<name>{name}</name>", 1)
-        xml = xml.replace(f"<uuid>{old_uuid}</uuid>", f"<uuid>{ident}</uuid>", 1)
-        body = xml.encode() + b"\0" + (cookie + b"\0" if cookie_offset else b"")
-        if len(body) > data_len:
-            raise ValueError("the renamed XML does not fit in the save image's header")
-        if cookie_offset:
-            fields[5] = len(xml.encode()) + 1
-        handle.seek(0)
-        handle.write(_HEADER.pack(*fields) + body + b"\0" * (data_len - len(body)))
+    saveimage.renamed_copy(save_file, copy, name=name, uuid=ident)
     return round(time.monotonic() - began, 3)
 
 

@@ -64,6 +64,7 @@ from compatlab.cache.layer import (
     allocated,
 )
 from compatlab.errors import StorageError
+from compatlab.lab.saveimage import SAVE_MAGIC
 
 __all__ = [
     "LAYER_DISK",
@@ -81,7 +82,6 @@ __all__ = [
 
 log = logging.getLogger("compatlab.cache")
 
-_SAVE_MAGIC = b"LibvirtQemudSave"
 _QCOW2_MAGIC = b"QFI\xfb"
 _KEY = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
 _FOLDER_MODE = 0o755  # the qemu user opens the layer by path
@@ -89,6 +89,16 @@ _FOLDER_MODE = 0o755  # the qemu user opens the layer by path
 #: Writes a layer's files (at least ``layer.qcow2``) into the folder it is given and returns
 #: the clean baseline boot's seconds, kept as the reference for boot-time checks.
 BuildLayer = Callable[[Path], float]
+
+
+def _not_a(path: Path, magic: bytes, what: str) -> str | None:
+    """What is wrong with a layer file that should start with ``magic``; None when it does."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(magic))
+    except OSError as exc:
+        return f"cannot read {path.name} ({exc})"
+    return None if head == magic else f"has a {path.name} that is not {what}"
 
 
 def _fsync_path(path: Path) -> None:
@@ -224,22 +234,10 @@ class LayerStore:
                 return None, f"is missing {name}"
             if actual != size:
                 return None, f"has {name} of {actual} bytes, not {size}"
-        try:
-            with (folder / LAYER_DISK).open("rb") as handle:
-                magic = handle.read(4)
-        except OSError as exc:
-            return None, f"cannot read {LAYER_DISK} ({exc})"
-        if magic != _QCOW2_MAGIC:
-            return None, f"has a {LAYER_DISK} that is not qcow2"
-        if MEMORY_STATE in manifest.files:
-            try:
-                with (folder / MEMORY_STATE).open("rb") as handle:
-                    magic = handle.read(len(_SAVE_MAGIC))
-            except OSError as exc:
-                return None, f"cannot read {MEMORY_STATE} ({exc})"
-            if magic != _SAVE_MAGIC:
-                return None, f"has a {MEMORY_STATE} that is not a libvirt save image"
-        return manifest, None
+        problem = _not_a(folder / LAYER_DISK, _QCOW2_MAGIC, "qcow2")
+        if problem is None and MEMORY_STATE in manifest.files:
+            problem = _not_a(folder / MEMORY_STATE, SAVE_MAGIC, "a libvirt save image")
+        return (None, problem) if problem is not None else (manifest, None)
 
     def condemn(self, key: str, why: str) -> None:
         """Mark the published layer ``key`` damaged: the next use builds it again.

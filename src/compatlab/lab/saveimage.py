@@ -24,6 +24,7 @@ import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from compatlab.errors import SaveImageError, StorageError
 from compatlab.lab.owner import NS_URI
@@ -98,10 +99,10 @@ def renamed_copy(source: Path, target: Path, *, name: str, uuid: str) -> None:
     room for the longer name, a copy that fails): the lab's failure, never the cell's.
     """
     header = read_header(source)
-    old = f"<name>{_escape(header.name)}</name>", f"<uuid>{header.uuid}</uuid>"
+    old = f"<name>{escape(header.name)}</name>", f"<uuid>{header.uuid}</uuid>"
     if old[0] not in header.xml or old[1] not in header.xml:
         raise SaveImageError(f"{source}: no <name>/<uuid> to rename in the save image's XML")
-    xml = header.xml.replace(old[0], f"<name>{_escape(name)}</name>", 1)
+    xml = header.xml.replace(old[0], f"<name>{escape(name)}</name>", 1)
     xml = xml.replace(old[1], f"<uuid>{uuid}</uuid>", 1)
     body = xml.encode() + b"\0"
     fields = list(header.fields)
@@ -172,7 +173,3 @@ def _replace(root: ET.Element, mine: ET.Element, path: str) -> None:
         index = len(parent)
     if source is not None:
         parent.insert(index, source)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

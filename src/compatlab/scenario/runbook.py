@@ -176,29 +176,24 @@ def _build(vm: Session, folder: Path, built: list[float], memory: bool) -> None:
 def _phases(vm: Session) -> None:
     scenario = vm.cell.scenario
     first_boot = _provision(vm)
+    # The baseline boot the candidate's boots are compared with (the boot-time check, the
+    # sign-off, the report); None: the baseline reboot below measures it.
+    reference: float | None = None
     if vm.start is not None and vm.start.memory is not None:
-        # Restored, not booted: the layer's baseline boot (its builder's) is the one the
-        # sign-off and the report compare the candidate's boots with (boot 0, kind "layer").
-        baseline = vm.start.manifest.baseline_boot_seconds
-        vm.watcher.carry_layer_boot(baseline, Phase.BASELINE.value)
+        # Restored, not booted: the layer's baseline boot (its builder's, kept with the layer)
+        # is the reference, carried as boot 0 of kind "layer".
+        reference = vm.start.manifest.baseline_boot_seconds
+        vm.watcher.carry_layer_boot(reference, Phase.BASELINE.value)
     elif vm.start is not None:
-        # From a cached layer the first boot is the configured guest's: its baseline boot, with
-        # which the sign-off and the report compare the candidate's boots.
+        # From a cached layer the first boot is the configured guest's: its baseline boot,
+        # measured here beside the candidate's boots (the builder's is in the layer's note).
+        reference = first_boot
         vm.watcher.count_boot_in(vm.watcher.boots[-1].n, Phase.BASELINE.value)
     if not _products(vm):
         return
 
     with vm.phase(Phase.BASELINE) as phase:
-        # From a cached layer, the first boot was the configured guest's: the baseline boot,
-        # measured here beside the candidate's boots (the builder's is in the layer's note).
-        # Restored from its memory state, the guest did not boot: the builder's baseline boot,
-        # kept with the layer, is the reference.
-        if vm.start is None:
-            baseline_seconds = _baseline_reboot(vm)
-        elif vm.start.memory is not None:
-            baseline_seconds = vm.start.manifest.baseline_boot_seconds
-        else:
-            baseline_seconds = first_boot
+        baseline_seconds = _baseline_reboot(vm) if reference is None else reference
         # Like each boot with the candidate: up ``bake`` seconds, its cost sampled meanwhile.
         vm.say(f"baking {scenario.bake:g} s (baseline)")
         vm.bake(scenario.bake, measure=1)
